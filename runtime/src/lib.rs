@@ -1,0 +1,1 @@
+//! The svcnft runtime: the only stage with side effects.
