@@ -145,9 +145,7 @@ impl Service {
     /// NodePort and LoadBalancer services, and any service with external IPs,
     /// take traffic from outside the cluster.
     pub fn externally_accessible(&self) -> bool {
-        self.kind != ServiceType::ClusterIp
-            || !self.external_ips.is_empty()
-            || !self.load_balancer_ips.is_empty()
+        self.kind != ServiceType::ClusterIp || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
     }
 }
 

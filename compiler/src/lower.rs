@@ -1,0 +1,501 @@
+//! Lowering: a node plan becomes one nftables table per family.
+//!
+//! The shape follows KEP-3866's public contract (DNAT at nat/dstnat on prerouting
+//! and output, masquerade at nat/srcnat, drop/reject in filter chains, source
+//! ranges before DNAT) and dispatches through a few named verdict maps keyed by
+//! `address . protocol . port`. It differs from kube-proxy where the kernel charges
+//! quadratically (see docs/ruleset.md): no anonymous sets or maps at all, and no
+//! per-endpoint chains — a service chain load-balances with plain `numgen` rules
+//! that DNAT directly, and hairpin traffic is recognised once, in postrouting,
+//! through one `address . address` set.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::plan::{
+    EndpointSet, ExternalChain, ExternalRoute, FamilyPlan, NodePlan, NodePortScope, PortId, PortPlan, Refusal, Route,
+    Target,
+};
+use crate::policy::Family;
+use crate::ruleset::{
+    AddrField, BaseHook, Chain, ChainKind, Element, Field, Hook, KeyType, Match, Rule, Ruleset, Set, Statement, Table,
+    Value, Verdict, MASQUERADE_MARK, TABLE_NAME,
+};
+
+/// Named chains and sets of every table.
+pub mod names {
+    pub const SERVICES: &str = "services";
+    pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+    pub const MASQUERADING: &str = "masquerading";
+    pub const FIREWALL_CHECK: &str = "firewall-check";
+    pub const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+    pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+    pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+    pub const REJECT_CHAIN: &str = "reject-chain";
+
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    pub const NODEPORT_IPS: &str = "nodeport-ips";
+    pub const SERVICE_IPS: &str = "service-ips";
+    pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    pub const FIREWALL_IPS: &str = "firewall-ips";
+    pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+    pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    pub const HAIRPIN: &str = "hairpin";
+}
+
+use names::*;
+
+/// Lowers a node plan to its ruleset: one `svcnft` table per planned family.
+pub fn lower(plan: &NodePlan) -> Ruleset {
+    Ruleset { tables: plan.families.iter().map(lower_family).collect() }
+}
+
+/// The chain names of one service port.
+struct PortChains {
+    cluster: String,
+    local: String,
+    external: String,
+    firewall: String,
+}
+
+impl PortChains {
+    fn new(id: &PortId) -> Self {
+        let suffix = format!("{}/{}/{}/{}", id.service.namespace, id.service.name, id.protocol, id.port);
+        PortChains {
+            cluster: format!("cluster-{suffix}"),
+            local: format!("local-{suffix}"),
+            external: format!("external-{suffix}"),
+            firewall: format!("firewall-{suffix}"),
+        }
+    }
+
+    fn policy(&self, set: EndpointSet) -> &str {
+        match set {
+            EndpointSet::Cluster => &self.cluster,
+            EndpointSet::Local => &self.local,
+        }
+    }
+}
+
+/// The dynamic set remembering which clients an endpoint serves (session affinity).
+fn affinity_set(id: &PortId, target: Target) -> String {
+    let address = target.address.to_string().replace(':', ".");
+    format!(
+        "affinity-{}/{}/{}/{}__{}/{}",
+        id.service.namespace, id.service.name, id.protocol, id.port, address, target.port
+    )
+}
+
+/// Accumulates one table's sets and per-service chains; elements are kept sorted
+/// so the output is deterministic.
+struct Builder<'a> {
+    plan: &'a FamilyPlan,
+    cluster_ips: BTreeSet<Element>,
+    service_ips: BTreeSet<Element>,
+    service_nodeports: BTreeSet<Element>,
+    firewall_ips: BTreeSet<Element>,
+    no_endpoint_services: BTreeSet<Element>,
+    no_endpoint_nodeports: BTreeSet<Element>,
+    hairpin: BTreeSet<Element>,
+    affinity_sets: Vec<Set>,
+    service_chains: Vec<Chain>,
+}
+
+fn addr_proto_port(address: IpAddr, id: &PortId, port: u16, verdict: Verdict) -> Element {
+    Element { key: vec![Value::Addr(address), Value::Proto(id.protocol), Value::Port(port)], verdict: Some(verdict) }
+}
+
+fn proto_port(id: &PortId, port: u16, verdict: Verdict) -> Element {
+    Element { key: vec![Value::Proto(id.protocol), Value::Port(port)], verdict: Some(verdict) }
+}
+
+fn refusal_verdict(refusal: Refusal) -> Verdict {
+    match refusal {
+        Refusal::Reject => Verdict::Goto(REJECT_CHAIN.into()),
+        Refusal::Drop => Verdict::Drop,
+    }
+}
+
+fn jump(chain: &str) -> Statement {
+    Statement::Verdict(Verdict::Jump(chain.into()))
+}
+
+fn goto(chain: &str) -> Statement {
+    Statement::Verdict(Verdict::Goto(chain.into()))
+}
+
+impl<'a> Builder<'a> {
+    fn new(plan: &'a FamilyPlan) -> Self {
+        Builder {
+            plan,
+            cluster_ips: BTreeSet::new(),
+            service_ips: BTreeSet::new(),
+            service_nodeports: BTreeSet::new(),
+            firewall_ips: BTreeSet::new(),
+            no_endpoint_services: BTreeSet::new(),
+            no_endpoint_nodeports: BTreeSet::new(),
+            hairpin: BTreeSet::new(),
+            affinity_sets: Vec::new(),
+            service_chains: Vec::new(),
+        }
+    }
+
+    fn add_port(&mut self, port: &PortPlan) {
+        let id = &port.id;
+        let chains = PortChains::new(id);
+        let comment = id.to_string();
+        self.cluster_ips.insert(Element { key: vec![Value::Addr(port.cluster_ip)], verdict: None });
+        for address in &port.all_endpoint_addresses {
+            self.hairpin.insert(Element { key: vec![Value::Addr(*address), Value::Addr(*address)], verdict: None });
+        }
+
+        match port.internal {
+            Route::To(set) => {
+                let verdict = Verdict::Goto(chains.policy(set).into());
+                self.service_ips.insert(addr_proto_port(port.cluster_ip, id, id.port, verdict));
+            }
+            Route::Refuse(refusal) => {
+                let verdict = refusal_verdict(refusal);
+                self.no_endpoint_services.insert(addr_proto_port(port.cluster_ip, id, id.port, verdict));
+            }
+        }
+
+        let external_addresses: Vec<IpAddr> =
+            port.external_ips.iter().chain(&port.load_balancer_ips).copied().collect();
+        match port.external {
+            None => {}
+            Some(ExternalRoute::Reject) => self.refuse_external(port, &external_addresses, Refusal::Reject),
+            Some(ExternalRoute::Chain(external)) => {
+                for address in &external_addresses {
+                    let verdict = Verdict::Goto(chains.external.clone());
+                    self.service_ips.insert(addr_proto_port(*address, id, id.port, verdict));
+                }
+                if let Some(node_port) = port.node_port {
+                    let verdict = Verdict::Goto(chains.external.clone());
+                    self.service_nodeports.insert(proto_port(id, node_port.get(), verdict));
+                }
+                if let Some(refusal) = external.refuse {
+                    self.refuse_external(port, &external_addresses, refusal);
+                }
+                self.external_chain(&chains, external, &comment);
+            }
+        }
+
+        if !port.source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
+            for address in &port.load_balancer_ips {
+                let verdict = Verdict::Goto(chains.firewall.clone());
+                self.firewall_ips.insert(addr_proto_port(*address, id, id.port, verdict));
+            }
+            self.firewall_chain(port, &chains, &comment);
+        }
+
+        for set in [EndpointSet::Cluster, EndpointSet::Local] {
+            if !port.endpoints(set).is_empty() {
+                self.policy_chain(port, set, chains.policy(set), &comment);
+            }
+        }
+    }
+
+    fn refuse_external(&mut self, port: &PortPlan, addresses: &[IpAddr], refusal: Refusal) {
+        let id = &port.id;
+        for address in addresses {
+            self.no_endpoint_services.insert(addr_proto_port(*address, id, id.port, refusal_verdict(refusal)));
+        }
+        if let Some(node_port) = port.node_port {
+            self.no_endpoint_nodeports.insert(proto_port(id, node_port.get(), refusal_verdict(refusal)));
+        }
+    }
+
+    /// Masquerade rules for traffic to the cluster IP; load balancing over the set.
+    fn policy_chain(&mut self, port: &PortPlan, set: EndpointSet, name: &str, comment: &str) {
+        let id = &port.id;
+        let mut rules = Vec::new();
+        if port.internal == Route::To(set) {
+            let mut matches = vec![
+                Match::Cmp { field: Field::Daddr, negate: false, value: Value::Addr(port.cluster_ip) },
+                Match::Cmp { field: Field::L4Proto, negate: false, value: Value::Proto(id.protocol) },
+                Match::Cmp { field: Field::Dport, negate: false, value: Value::Port(id.port) },
+            ];
+            let masquerade = if self.plan.masquerade_all {
+                true
+            } else if !self.plan.cluster_cidrs.is_empty() {
+                matches.extend(self.plan.cluster_cidrs.iter().map(|cidr| Match::Cmp {
+                    field: Field::Saddr,
+                    negate: true,
+                    value: Value::Net(*cidr),
+                }));
+                true
+            } else {
+                false
+            };
+            if masquerade {
+                rules.push(Rule::new(matches, vec![jump(MARK_FOR_MASQUERADE)]).with_comment(comment));
+            }
+        }
+
+        let targets = port.endpoints(set);
+        let affinity: Option<Vec<String>> = port.session_affinity.map(|timeout| {
+            targets
+                .iter()
+                .map(|t| {
+                    let name = affinity_set(id, *t);
+                    self.affinity_sets.push(Set {
+                        name: name.clone(),
+                        key: vec![KeyType::addr(self.plan.family)],
+                        verdict_map: false,
+                        dynamic_timeout: Some(timeout),
+                        comment: None,
+                        elements: Vec::new(),
+                    });
+                    name
+                })
+                .collect()
+        });
+        let proto = Match::Cmp { field: Field::L4Proto, negate: false, value: Value::Proto(id.protocol) };
+        let dnat = |t: &Target| Statement::Dnat { address: t.address, port: t.port.get() };
+        if let Some(sets) = &affinity {
+            for (target, set) in targets.iter().zip(sets) {
+                let matches =
+                    vec![Match::InSet { key: vec![Field::Saddr], set: set.clone(), negate: false }, proto.clone()];
+                rules.push(Rule::new(matches, vec![dnat(target)]).with_comment(comment));
+            }
+        }
+        // A cascade of independent draws: endpoint i is taken with probability
+        // 1/(n-i) when none before it was, which makes every endpoint 1/n.
+        let n = targets.len();
+        for (i, target) in targets.iter().enumerate() {
+            let mut matches = Vec::new();
+            if i + 1 < n {
+                matches.push(Match::Numgen { modulus: (n - i) as u32, value: 0 });
+            }
+            matches.push(proto.clone());
+            let mut statements = Vec::new();
+            if let Some(sets) = &affinity {
+                statements.push(Statement::Update { set: sets[i].clone(), key: vec![Field::Saddr] });
+            }
+            statements.push(dnat(target));
+            rules.push(Rule::new(matches, statements).with_comment(comment));
+        }
+        self.service_chains.push(Chain { name: name.into(), hook: None, rules });
+    }
+
+    fn external_chain(&mut self, chains: &PortChains, external: ExternalChain, comment: &str) {
+        let mut rules = Vec::new();
+        if external.masquerade {
+            rules.push(Rule::new(vec![], vec![jump(MARK_FOR_MASQUERADE)]).with_comment(comment));
+        }
+        if external.short_circuit {
+            for cidr in &self.plan.cluster_cidrs {
+                let pod = Match::Cmp { field: Field::Saddr, negate: false, value: Value::Net(*cidr) };
+                rules.push(Rule::new(vec![pod], vec![goto(&chains.cluster)]).with_comment(comment));
+            }
+            let node = Match::FibLocal(AddrField::Saddr);
+            rules.push(Rule::new(vec![node.clone()], vec![jump(MARK_FOR_MASQUERADE)]).with_comment(comment));
+            rules.push(Rule::new(vec![node], vec![goto(&chains.cluster)]).with_comment(comment));
+        }
+        if let Some(target) = external.target {
+            rules.push(Rule::new(vec![], vec![goto(chains.policy(target))]).with_comment(comment));
+        }
+        self.service_chains.push(Chain { name: chains.external.clone(), hook: None, rules });
+    }
+
+    /// Reached (by goto from `firewall-check`) for load-balancer IPs with source
+    /// ranges: allowed sources return, everything else is dropped before DNAT.
+    fn firewall_chain(&mut self, port: &PortPlan, chains: &PortChains, comment: &str) {
+        let allowed = port.source_ranges.iter().map(|r| Value::Net(*r));
+        let from_node = port.load_balancer_ips.iter().filter(|_| port.allow_from_lb_ips).map(|a| Value::Addr(*a));
+        let mut rules: Vec<Rule> = allowed
+            .chain(from_node)
+            .map(|value| {
+                let source = Match::Cmp { field: Field::Saddr, negate: false, value };
+                Rule::new(vec![source], vec![Statement::Verdict(Verdict::Return)]).with_comment(comment)
+            })
+            .collect();
+        rules.push(Rule::new(vec![], vec![Statement::Verdict(Verdict::Drop)]).with_comment(comment));
+        self.service_chains.push(Chain { name: chains.firewall.clone(), hook: None, rules });
+    }
+
+    fn finish(mut self) -> Table {
+        let family = self.plan.family;
+        let addr = KeyType::addr(family);
+        let target_key = vec![addr, KeyType::InetProto, KeyType::InetService];
+        let port_key = vec![KeyType::InetProto, KeyType::InetService];
+        let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, elements: BTreeSet<Element>| Set {
+            name: name.into(),
+            key,
+            verdict_map,
+            dynamic_timeout: None,
+            comment: Some(comment.into()),
+            elements: elements.into_iter().collect(),
+        };
+        let mut sets = vec![
+            set(CLUSTER_IPS, vec![addr], false, "every cluster IP", std::mem::take(&mut self.cluster_ips)),
+            set(
+                SERVICE_IPS,
+                target_key.clone(),
+                true,
+                "cluster, external and load-balancer IPs with endpoints",
+                std::mem::take(&mut self.service_ips),
+            ),
+            set(
+                SERVICE_NODEPORTS,
+                port_key.clone(),
+                true,
+                "node ports with endpoints",
+                std::mem::take(&mut self.service_nodeports),
+            ),
+            set(
+                FIREWALL_IPS,
+                target_key.clone(),
+                true,
+                "load-balancer IPs with source ranges",
+                std::mem::take(&mut self.firewall_ips),
+            ),
+            set(
+                NO_ENDPOINT_SERVICES,
+                target_key,
+                true,
+                "service IPs without usable endpoints",
+                std::mem::take(&mut self.no_endpoint_services),
+            ),
+            set(
+                NO_ENDPOINT_NODEPORTS,
+                port_key,
+                true,
+                "node ports without usable endpoints",
+                std::mem::take(&mut self.no_endpoint_nodeports),
+            ),
+            set(
+                HAIRPIN,
+                vec![addr, addr],
+                false,
+                "endpoint . endpoint: a pod reaching itself",
+                std::mem::take(&mut self.hairpin),
+            ),
+        ];
+        if let NodePortScope::Addresses(addresses) = &self.plan.node_ports_on {
+            let elements = addresses.iter().map(|a| Element { key: vec![Value::Addr(*a)], verdict: None }).collect();
+            sets.insert(1, set(NODEPORT_IPS, vec![addr], false, "addresses accepting node ports", elements));
+        }
+        self.affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
+        sets.append(&mut self.affinity_sets);
+
+        let mut chains = base_chains(self.plan);
+        self.service_chains.sort_by(|a, b| a.name.cmp(&b.name));
+        chains.append(&mut self.service_chains);
+        Table { family, name: TABLE_NAME.into(), sets, chains }
+    }
+}
+
+fn lower_family(plan: &FamilyPlan) -> Table {
+    let mut builder = Builder::new(plan);
+    for port in &plan.ports {
+        builder.add_port(port);
+    }
+    builder.finish()
+}
+
+/// The hooks, dispatch and helper chains every table has.
+fn base_chains(plan: &FamilyPlan) -> Vec<Chain> {
+    let base = |name: &str, kind, hook, priority, rules| Chain {
+        name: name.into(),
+        hook: Some(BaseHook { kind, hook, priority }),
+        rules,
+    };
+    let plain = |name: &str, rules| Chain { name: name.into(), hook: None, rules };
+    let new_then_jump = |chain: &str| Rule::new(vec![Match::CtStateNew], vec![jump(chain)]);
+    let target_key = vec![Field::Daddr, Field::L4Proto, Field::Dport];
+    let port_key = vec![Field::L4Proto, Field::Dport];
+    let vmap = |key: &Vec<Field>, map: &str| Statement::Vmap { key: key.clone(), map: map.into() };
+    let node_port_matches = match &plan.node_ports_on {
+        NodePortScope::AllLocal => {
+            let loopback = match plan.family {
+                Family::Ipv4 => "127.0.0.0/8",
+                Family::Ipv6 => "::1/128",
+            };
+            let loopback = Value::Net(loopback.parse().expect("a valid constant prefix"));
+            vec![Match::FibLocal(AddrField::Daddr), Match::Cmp { field: Field::Daddr, negate: true, value: loopback }]
+        }
+        NodePortScope::Addresses(_) => {
+            vec![Match::InSet { key: vec![Field::Daddr], set: NODEPORT_IPS.into(), negate: false }]
+        }
+    };
+    let mut cluster_ips_check = vec![Rule::new(
+        vec![Match::InSet { key: vec![Field::Daddr], set: CLUSTER_IPS.into(), negate: false }],
+        vec![Statement::Reject],
+    )
+    .with_comment("reject traffic to unknown ports of cluster IPs")];
+    cluster_ips_check.extend(plan.service_cidrs.iter().map(|cidr| {
+        Rule::new(
+            vec![Match::Cmp { field: Field::Daddr, negate: false, value: Value::Net(*cidr) }],
+            vec![Statement::Verdict(Verdict::Drop)],
+        )
+        .with_comment("drop traffic to unallocated cluster IPs")
+    }));
+    let mask = MASQUERADE_MARK;
+    vec![
+        base("filter-prerouting", ChainKind::Filter, Hook::Prerouting, -110, vec![new_then_jump(FIREWALL_CHECK)]),
+        base(
+            "filter-input",
+            ChainKind::Filter,
+            Hook::Input,
+            -110,
+            vec![new_then_jump(NODEPORT_ENDPOINTS_CHECK), new_then_jump(SERVICE_ENDPOINTS_CHECK)],
+        ),
+        base(
+            "filter-forward",
+            ChainKind::Filter,
+            Hook::Forward,
+            -110,
+            vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(CLUSTER_IPS_CHECK)],
+        ),
+        base(
+            "filter-output",
+            ChainKind::Filter,
+            Hook::Output,
+            -110,
+            vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(FIREWALL_CHECK)],
+        ),
+        base("filter-output-post-dnat", ChainKind::Filter, Hook::Output, -90, vec![new_then_jump(CLUSTER_IPS_CHECK)]),
+        base("nat-prerouting", ChainKind::Nat, Hook::Prerouting, -100, vec![Rule::new(vec![], vec![jump(SERVICES)])]),
+        base("nat-output", ChainKind::Nat, Hook::Output, -100, vec![Rule::new(vec![], vec![jump(SERVICES)])]),
+        base(
+            "nat-postrouting",
+            ChainKind::Nat,
+            Hook::Postrouting,
+            100,
+            vec![Rule::new(vec![], vec![jump(MASQUERADING)])],
+        ),
+        plain(
+            SERVICES,
+            vec![
+                Rule::new(vec![], vec![vmap(&target_key, SERVICE_IPS)]),
+                Rule::new(node_port_matches.clone(), vec![vmap(&port_key, SERVICE_NODEPORTS)]),
+            ],
+        ),
+        plain(FIREWALL_CHECK, vec![Rule::new(vec![], vec![vmap(&target_key, FIREWALL_IPS)])]),
+        plain(SERVICE_ENDPOINTS_CHECK, vec![Rule::new(vec![], vec![vmap(&target_key, NO_ENDPOINT_SERVICES)])]),
+        plain(
+            NODEPORT_ENDPOINTS_CHECK,
+            vec![Rule::new(node_port_matches, vec![vmap(&port_key, NO_ENDPOINT_NODEPORTS)])],
+        ),
+        plain(CLUSTER_IPS_CHECK, cluster_ips_check),
+        plain(MARK_FOR_MASQUERADE, vec![Rule::new(vec![], vec![Statement::MarkOr(mask)])]),
+        plain(
+            MASQUERADING,
+            vec![
+                Rule::new(
+                    vec![
+                        Match::CtStatusDnat,
+                        Match::InSet { key: vec![Field::Saddr, Field::Daddr], set: HAIRPIN.into(), negate: false },
+                    ],
+                    vec![Statement::MarkOr(mask)],
+                )
+                .with_comment("hairpin: a pod reaching itself through a service"),
+                Rule::new(vec![Match::MarkClear(mask)], vec![Statement::Verdict(Verdict::Return)]),
+                Rule::new(vec![], vec![Statement::MarkXor(mask), Statement::Masquerade]),
+            ],
+        ),
+        plain(REJECT_CHAIN, vec![Rule::new(vec![], vec![Statement::Reject])]),
+    ]
+}
