@@ -1,6 +1,7 @@
 //! The svcnft compiler: policy checks, node planning, the nftables object model,
 //! rendering and the packet tracer. Every function here is pure.
 
+pub mod diff;
 pub mod lower;
 pub mod plan;
 pub mod policy;

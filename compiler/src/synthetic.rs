@@ -53,7 +53,8 @@ pub fn policy_text(shape: Shape, revision: u32) -> String {
             let i = s * shape.endpoints_per_service + e;
             let node = i % shape.nodes;
             let k = i / shape.nodes;
-            let (third, fourth) = if i == 0 && revision > 0 { (255, revision as usize % 250 + 2) } else { (k / 250, k % 250 + 2) };
+            let (third, fourth) =
+                if i == 0 && revision > 0 { (255, revision as usize % 250 + 2) } else { (k / 250, k % 250 + 2) };
             writeln!(out, "    endpoint 10.{}.{third}.{fourth} node node-{node}", 128 + node).unwrap();
         }
         out.push_str("}\n");

@@ -1,0 +1,329 @@
+//! The difference between the committed and the desired ruleset, as the ordered
+//! operations of one nf_tables transaction, at the finest grain the kernel offers:
+//! set elements, single rules (replaced in place by position), single chains.
+//!
+//! The order makes every reference resolve inside the batch:
+//! 1. add new tables;
+//! 2. remove rules that refer to something about to go (whole chains are flushed);
+//! 3. delete stale elements (they may point at chains about to go);
+//! 4. delete chains, then sets, that are gone or must be recreated;
+//! 5. add sets and chains that are new or recreated;
+//! 6. add elements (they may point at the new chains);
+//! 7. replace, delete and append rules of the chains that stay;
+//! 8. delete tables of families that are gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::policy::Family;
+use crate::render::{family_keyword, value_text, verdict_text, RuleText};
+use crate::ruleset::{BaseHook, Chain, Element, Match, Rule, Ruleset, Set, Statement, Table, Verdict};
+
+/// One operation of a transaction. Rule positions are indexes into the committed
+/// chain (the runtime maps them to kernel rule handles).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    AddTable {
+        family: Family,
+    },
+    DeleteTable {
+        family: Family,
+    },
+    /// Adds a set without its elements (they follow as `AddElements`).
+    AddSet {
+        family: Family,
+        set: Set,
+    },
+    DeleteSet {
+        family: Family,
+        set: String,
+    },
+    AddElements {
+        family: Family,
+        set: String,
+        elements: Vec<Element>,
+    },
+    DeleteElements {
+        family: Family,
+        set: String,
+        elements: Vec<Element>,
+    },
+    /// Adds an empty chain (its rules follow as `AppendRule`).
+    AddChain {
+        family: Family,
+        chain: String,
+        hook: Option<BaseHook>,
+    },
+    DeleteChain {
+        family: Family,
+        chain: String,
+    },
+    /// Removes every rule of a chain.
+    FlushChain {
+        family: Family,
+        chain: String,
+    },
+    AppendRule {
+        family: Family,
+        chain: String,
+        rule: Rule,
+    },
+    ReplaceRule {
+        family: Family,
+        chain: String,
+        position: usize,
+        rule: Rule,
+    },
+    DeleteRule {
+        family: Family,
+        chain: String,
+        position: usize,
+    },
+}
+
+/// The operations that turn one ruleset into another, in commit order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Transaction {
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// The phases of `diff`, in commit order (see the module documentation).
+#[derive(Default)]
+struct Phases {
+    add_tables: Vec<Op>,
+    remove_rules: Vec<Op>,
+    delete_elements: Vec<Op>,
+    delete_chains: Vec<Op>,
+    delete_sets: Vec<Op>,
+    add_sets_and_chains: Vec<Op>,
+    add_elements: Vec<Op>,
+    change_rules: Vec<Op>,
+    delete_tables: Vec<Op>,
+}
+
+/// Computes the transaction that turns `committed` into `desired`. Elements of
+/// dynamic sets belong to the data path and are never compared.
+pub fn diff(committed: &Ruleset, desired: &Ruleset) -> Transaction {
+    let mut phases = Phases::default();
+    for family in Family::ALL {
+        match (committed.table(family), desired.table(family)) {
+            (None, None) => {}
+            (Some(_), None) => phases.delete_tables.push(Op::DeleteTable { family }),
+            (None, Some(new)) => {
+                phases.add_tables.push(Op::AddTable { family });
+                diff_table(&empty_table(new), new, &mut phases);
+            }
+            (Some(old), Some(new)) => diff_table(old, new, &mut phases),
+        }
+    }
+    let Phases {
+        add_tables,
+        remove_rules,
+        delete_elements,
+        delete_chains,
+        delete_sets,
+        add_sets_and_chains,
+        add_elements,
+        change_rules,
+        delete_tables,
+    } = phases;
+    let ops = [
+        add_tables,
+        remove_rules,
+        delete_elements,
+        delete_chains,
+        delete_sets,
+        add_sets_and_chains,
+        add_elements,
+        change_rules,
+        delete_tables,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Transaction { ops }
+}
+
+fn empty_table(like: &Table) -> Table {
+    Table { family: like.family, name: like.name.clone(), sets: Vec::new(), chains: Vec::new() }
+}
+
+/// A set's declaration: everything but its elements.
+fn declaration(set: &Set) -> Set {
+    Set { elements: Vec::new(), ..set.clone() }
+}
+
+fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
+    let family = new.family;
+    let old_sets: BTreeMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_sets: BTreeMap<&str, &Set> = new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let old_chains: BTreeMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let new_chains: BTreeMap<&str, &Chain> = new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+
+    // Objects that go away in this transaction (removed, or recreated because
+    // their declaration changed).
+    let gone_sets: BTreeSet<&str> = old_sets
+        .iter()
+        .filter(|(name, set)| new_sets.get(*name).is_none_or(|n| declaration(n) != declaration(set)))
+        .map(|(name, _)| *name)
+        .collect();
+    let gone_chains: BTreeSet<&str> = old_chains
+        .iter()
+        .filter(|(name, chain)| new_chains.get(*name).is_none_or(|n| n.hook != chain.hook))
+        .map(|(name, _)| *name)
+        .collect();
+    let refers_to_gone = |rule: &Rule| {
+        rule_sets(rule).any(|s| gone_sets.contains(s)) || rule_chains(rule).any(|c| gone_chains.contains(c))
+    };
+
+    for (name, chain) in &old_chains {
+        if gone_chains.contains(name) {
+            if !chain.rules.is_empty() {
+                phases.remove_rules.push(Op::FlushChain { family, chain: name.to_string() });
+            }
+            phases.delete_chains.push(Op::DeleteChain { family, chain: name.to_string() });
+        }
+    }
+    for name in &gone_sets {
+        phases.delete_sets.push(Op::DeleteSet { family, set: name.to_string() });
+    }
+
+    for set in &new.sets {
+        let recreated = gone_sets.contains(set.name.as_str()) || !old_sets.contains_key(set.name.as_str());
+        if recreated {
+            phases.add_sets_and_chains.push(Op::AddSet { family, set: declaration(set) });
+        }
+        if set.dynamic_timeout.is_some() {
+            continue;
+        }
+        let before: BTreeSet<&Element> = match old_sets.get(set.name.as_str()) {
+            Some(old) if !recreated => old.elements.iter().collect(),
+            _ => BTreeSet::new(),
+        };
+        let after: BTreeSet<&Element> = set.elements.iter().collect();
+        // An element pointing at a recreated chain must be re-added to point at it.
+        let dangling = |e: &Element| matches!(&e.verdict, Some(Verdict::Jump(c) | Verdict::Goto(c)) if gone_chains.contains(c.as_str()));
+        let stale: Vec<Element> =
+            before.iter().filter(|e| !after.contains(*e) || dangling(e)).map(|e| (*e).clone()).collect();
+        let fresh: Vec<Element> =
+            after.iter().filter(|e| !before.contains(*e) || dangling(e)).map(|e| (*e).clone()).collect();
+        if !stale.is_empty() {
+            phases.delete_elements.push(Op::DeleteElements { family, set: set.name.clone(), elements: stale });
+        }
+        if !fresh.is_empty() {
+            phases.add_elements.push(Op::AddElements { family, set: set.name.clone(), elements: fresh });
+        }
+    }
+
+    for chain in &new.chains {
+        let name = chain.name.as_str();
+        let old = old_chains.get(name).filter(|_| !gone_chains.contains(name));
+        let Some(old) = old else {
+            phases.add_sets_and_chains.push(Op::AddChain { family, chain: chain.name.clone(), hook: chain.hook });
+            append_all(family, chain, &mut phases.change_rules);
+            continue;
+        };
+        if old.rules == chain.rules {
+            continue;
+        }
+        if old.rules.iter().any(refers_to_gone) {
+            phases.remove_rules.push(Op::FlushChain { family, chain: chain.name.clone() });
+            append_all(family, chain, &mut phases.change_rules);
+            continue;
+        }
+        for (position, (was, is)) in old.rules.iter().zip(&chain.rules).enumerate() {
+            if was != is {
+                let rule = is.clone();
+                phases.change_rules.push(Op::ReplaceRule { family, chain: chain.name.clone(), position, rule });
+            }
+        }
+        for position in chain.rules.len()..old.rules.len() {
+            phases.change_rules.push(Op::DeleteRule { family, chain: chain.name.clone(), position });
+        }
+        for rule in chain.rules.iter().skip(old.rules.len()) {
+            phases.change_rules.push(Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
+        }
+    }
+}
+
+fn append_all(family: Family, chain: &Chain, ops: &mut Vec<Op>) {
+    ops.extend(chain.rules.iter().map(|rule| Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() }));
+}
+
+/// The sets a rule refers to.
+fn rule_sets(rule: &Rule) -> impl Iterator<Item = &str> {
+    let from_matches = rule.matches.iter().filter_map(|m| match m {
+        Match::InSet { set, .. } => Some(set.as_str()),
+        _ => None,
+    });
+    let from_statements = rule.statements.iter().filter_map(|s| match s {
+        Statement::Update { set, .. } => Some(set.as_str()),
+        Statement::Vmap { map, .. } => Some(map.as_str()),
+        _ => None,
+    });
+    from_matches.chain(from_statements)
+}
+
+/// The chains a rule jumps or goes to.
+fn rule_chains(rule: &Rule) -> impl Iterator<Item = &str> {
+    rule.statements.iter().filter_map(|s| match s {
+        Statement::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => Some(c.as_str()),
+        _ => None,
+    })
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = |family: &Family| format!("{} svcnft", family_keyword(*family));
+        let elements = |elements: &[Element]| -> String {
+            let texts: Vec<String> = elements
+                .iter()
+                .map(|e| {
+                    let key: Vec<String> = e.key.iter().map(value_text).collect();
+                    match &e.verdict {
+                        Some(v) => format!("{} : {}", key.join(" . "), verdict_text(v)),
+                        None => key.join(" . "),
+                    }
+                })
+                .collect();
+            texts.join(", ")
+        };
+        match self {
+            Op::AddTable { family } => write!(f, "add table {}", t(family)),
+            Op::DeleteTable { family } => write!(f, "delete table {}", t(family)),
+            Op::AddSet { family, set } => write!(f, "add set {} {}", t(family), set.name),
+            Op::DeleteSet { family, set } => write!(f, "delete set {} {set}", t(family)),
+            Op::AddElements { family, set, elements: e } => {
+                write!(f, "add element {} {set} {{ {} }}", t(family), elements(e))
+            }
+            Op::DeleteElements { family, set, elements: e } => {
+                write!(f, "delete element {} {set} {{ {} }}", t(family), elements(e))
+            }
+            Op::AddChain { family, chain, .. } => write!(f, "add chain {} {chain}", t(family)),
+            Op::DeleteChain { family, chain } => write!(f, "delete chain {} {chain}", t(family)),
+            Op::FlushChain { family, chain } => write!(f, "flush chain {} {chain}", t(family)),
+            Op::AppendRule { family, chain, rule } => {
+                write!(f, "add rule {} {chain} {}", t(family), RuleText(*family, rule))
+            }
+            Op::ReplaceRule { family, chain, position, rule } => {
+                write!(f, "replace rule {} {chain} position {position} {}", t(family), RuleText(*family, rule))
+            }
+            Op::DeleteRule { family, chain, position } => {
+                write!(f, "delete rule {} {chain} position {position}", t(family))
+            }
+        }
+    }
+}
