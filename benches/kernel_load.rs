@@ -1,0 +1,134 @@
+//! Cold load of one node's ruleset into a fresh network namespace, by ruleset shape,
+//! side by side in one run: svcnft's shape and kube-proxy's shape (a chain per
+//! service with an anonymous `numgen … vmap`, a chain per endpoint) of the same
+//! cluster, both loaded with `nft -f`.
+//!
+//! Needs root and `nft`. Run: `cargo bench --bench kernel_load`
+//! (scale: `SVCNFT_SERVICES=10000 SVCNFT_ENDPOINTS=10`; `SVCNFT_SKIP_KUBE_PROXY=1`
+//! skips the slow shape).
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use svcnft_compiler::diagnostics::SourceFile;
+use svcnft_compiler::render::{family_keyword, render};
+use svcnft_compiler::ruleset::{Match, Rule, Ruleset, Statement};
+use svcnft_compiler::synthetic::{policy_text, Shape};
+
+/// A network namespace that exists for the life of the value.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("svcnft-bench-{}-{tag}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        Netns(name)
+    }
+
+    /// Loads a ruleset file with `nft -f` and returns the wall time.
+    fn nft_load(&self, path: &str) -> Duration {
+        let start = Instant::now();
+        run(Command::new("ip").args(["netns", "exec", &self.0, "nft", "-f", path]));
+        start.elapsed()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("the command runs");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The same services in kube-proxy's shape: each policy chain keeps its masquerade
+/// rule and load-balances with `numgen random mod N vmap { … }` to one chain per
+/// endpoint, which checks hairpin and DNATs. (Affinity rules are left out, which
+/// only flatters this shape.)
+fn kube_proxy_shape(ruleset: &Ruleset) -> String {
+    let mut plain = ruleset.clone();
+    let mut extra = String::new();
+    let mut endpoint_chains = 0usize;
+    for table in &mut plain.tables {
+        let family = family_keyword(table.family);
+        for chain in &mut table.chains {
+            if !(chain.name.starts_with("cluster-") || chain.name.starts_with("local-")) {
+                continue;
+            }
+            let rules = std::mem::take(&mut chain.rules);
+            let (dnat, masquerade): (Vec<Rule>, Vec<Rule>) =
+                rules.into_iter().partition(|r| r.statements.iter().any(|s| matches!(s, Statement::Dnat { .. })));
+            chain.rules = masquerade;
+            let mut arms = Vec::new();
+            for rule in dnat.iter().filter(|r| !r.matches.iter().any(|m| matches!(m, Match::InSet { .. }))) {
+                let Some(Statement::Dnat { address, port }) =
+                    rule.statements.iter().find(|s| matches!(s, Statement::Dnat { .. }))
+                else {
+                    continue;
+                };
+                let name = format!("endpoint-{endpoint_chains}");
+                endpoint_chains += 1;
+                let target = match address {
+                    std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+                    std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+                };
+                writeln!(extra, "add chain {family} svcnft {name}").unwrap();
+                writeln!(extra, "add rule {family} svcnft {name} {family} saddr {address} jump mark-for-masquerade").unwrap();
+                writeln!(extra, "add rule {family} svcnft {name} meta l4proto tcp dnat to {target}").unwrap();
+                arms.push(format!("{} : goto {name}", arms.len()));
+            }
+            writeln!(
+                extra,
+                "add rule {family} svcnft {} numgen random mod {} vmap {{ {} }}",
+                chain.name,
+                arms.len(),
+                arms.join(", ")
+            )
+            .unwrap();
+        }
+    }
+    format!("{}\n{extra}", render(&plain))
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let shape = Shape {
+        services: env_usize("SVCNFT_SERVICES", 10_000),
+        endpoints_per_service: env_usize("SVCNFT_ENDPOINTS", 10),
+        nodes: 50,
+    };
+    let text = policy_text(shape, 0);
+    let files = [SourceFile { name: "synthetic.svc".into(), text }];
+    let checked = svcnft_compiler::check::check(&files).expect("the synthetic policy is valid");
+    let (_, ruleset) = svcnft_compiler::compile(&checked.policy, "node-0").expect("node-0 exists");
+    let dir = std::env::temp_dir();
+    let ours = dir.join(format!("svcnft-bench-{}-ours.nft", std::process::id()));
+    std::fs::write(&ours, render(&ruleset)).unwrap();
+    println!(
+        "cold load of one node's ruleset, {} services x {} endpoints, 50 nodes (nft -f into a fresh namespace)",
+        shape.services, shape.endpoints_per_service
+    );
+    let ns = Netns::new("ours");
+    let t = ns.nft_load(ours.to_str().unwrap());
+    println!("  svcnft shape:     {:>8.2} s", t.as_secs_f64());
+    drop(ns);
+    if std::env::var_os("SVCNFT_SKIP_KUBE_PROXY").is_none() {
+        let theirs = dir.join(format!("svcnft-bench-{}-kube-proxy.nft", std::process::id()));
+        std::fs::write(&theirs, kube_proxy_shape(&ruleset)).unwrap();
+        let ns = Netns::new("kp");
+        let t = ns.nft_load(theirs.to_str().unwrap());
+        println!("  kube-proxy shape: {:>8.2} s", t.as_secs_f64());
+        let _ = std::fs::remove_file(theirs);
+    }
+    let _ = std::fs::remove_file(ours);
+}
