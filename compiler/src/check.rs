@@ -333,7 +333,15 @@ impl Checker {
                 self.error(*span, "`load-balancer-ip` needs `type load-balancer`");
             }
         }
-        let cluster_ips = self.cluster_ips(&name, q.span, &s.cluster_ips);
+        if !s.cluster_ip_given {
+            self.error(
+                q.span,
+                format!(
+                    "service `{name}` has no `cluster-ip`; headless services are not supported"
+                ),
+            );
+        }
+        let cluster_ips = self.cluster_ips(&name, &s.cluster_ips);
 
         let service = Service {
             name,
@@ -399,6 +407,7 @@ impl Checker {
                 }
             }
             ServiceStmt::ClusterIp(ws) => {
+                s.cluster_ip_given = true;
                 s.cluster_ips
                     .extend(ws.iter().filter_map(|w| Some((self.address(w)?, w.span))));
             }
@@ -616,20 +625,7 @@ impl Checker {
         }
     }
 
-    fn cluster_ips(
-        &mut self,
-        service: &ServiceName,
-        name_span: Span,
-        ips: &[(IpAddr, Span)],
-    ) -> Vec<IpAddr> {
-        if ips.is_empty() {
-            self.error(
-                name_span,
-                format!(
-                    "service `{service}` has no `cluster-ip`; headless services are not supported"
-                ),
-            );
-        }
+    fn cluster_ips(&mut self, service: &ServiceName, ips: &[(IpAddr, Span)]) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = Vec::new();
         for &(ip, span) in ips {
             let family = Family::of(ip);
@@ -1058,6 +1054,8 @@ struct Once(Vec<&'static str>);
 #[derive(Default)]
 struct ServiceDraft {
     kind: Option<ServiceType>,
+    /// Whether any `cluster-ip` statement exists, valid or not.
+    cluster_ip_given: bool,
     cluster_ips: Vec<(IpAddr, Span)>,
     ports: Vec<PortDraft>,
     external_ips: Vec<IpAddr>,
