@@ -1,6 +1,8 @@
 //! The svcnft compiler: policy checks, node planning, the nftables object model,
-//! rendering and the packet tracer. Every function here is pure.
+//! rendering, diff and the packet tracer. Every function here is pure.
 
+pub mod check;
+pub mod diagnostics;
 pub mod diff;
 pub mod lower;
 pub mod plan;
@@ -9,6 +11,8 @@ pub mod render;
 pub mod ruleset;
 pub mod synthetic;
 
+pub use check::{check, Checked};
+pub use diagnostics::{Diagnostic, Diagnostics, Severity, SourceFile};
 pub use plan::{plan, NodePlan, PlanError};
 pub use policy::Policy;
 pub use ruleset::Ruleset;

@@ -1,2 +1,461 @@
 //! The svcnft policy language: a pest grammar and a parser into an AST whose every
 //! node carries its source span.
+//!
+//! The grammar fixes the shape of items and statements but lexes leaf values
+//! loosely ([`Word`]); the checker validates them, so a bad port or address gets a
+//! precise message rather than a generic "expected ..." error.
+
+use pest::iterators::Pair;
+use pest::Parser as _;
+use pest_derive::Parser;
+
+#[derive(Parser)]
+#[grammar = "services.pest"]
+struct Grammar;
+
+/// A byte range into one source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Span {
+        Span { start, end }
+    }
+
+    fn of(pair: &Pair<'_, Rule>) -> Span {
+        let s = pair.as_span();
+        Span::new(s.start(), s.end())
+    }
+}
+
+/// A leaf token as written: a name, address, CIDR, number, duration or keyword value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word {
+    pub text: String,
+    pub span: Span,
+}
+
+impl Word {
+    fn of(pair: &Pair<'_, Rule>) -> Word {
+        Word {
+            text: pair.as_str().to_owned(),
+            span: Span::of(pair),
+        }
+    }
+}
+
+/// `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QualifiedName {
+    pub namespace: Word,
+    pub name: Word,
+    pub span: Span,
+}
+
+/// One parsed file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct File {
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The item's keyword (`cluster`, `node`, ...).
+    pub keyword: Span,
+    /// The whole item, keyword to closing brace.
+    pub span: Span,
+    pub kind: ItemKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemKind {
+    Cluster(Vec<Stmt<ClusterStmt>>),
+    Node {
+        name: Word,
+        body: Vec<Stmt<NodeStmt>>,
+    },
+    Service {
+        name: QualifiedName,
+        body: Vec<Stmt<ServiceStmt>>,
+    },
+    Endpoints {
+        name: QualifiedName,
+        body: Vec<Stmt<EndpointsStmt>>,
+    },
+}
+
+/// A statement inside a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stmt<T> {
+    /// The statement's keyword.
+    pub keyword: Span,
+    /// The whole statement, keyword to last value.
+    pub span: Span,
+    pub kind: T,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterStmt {
+    ClusterCidr(Vec<Word>),
+    ServiceCidr(Vec<Word>),
+    NodePortAddresses(Vec<Word>),
+    NodePortRange(Word),
+    MasqueradeAll(Word),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeStmt {
+    Address(Vec<Word>),
+    LocalAddress(Vec<Word>),
+    PodCidr(Vec<Word>),
+    Zone(Word),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceStmt {
+    Type(Word),
+    ClusterIp(Vec<Word>),
+    Port(PortStmt),
+    ExternalIp(Vec<Word>),
+    LoadBalancerIp { address: Word, mode: Option<Word> },
+    SourceRanges(Vec<Word>),
+    ExternalTrafficPolicy(Word),
+    InternalTrafficPolicy(Word),
+    HealthCheckNodePort(Word),
+    SessionAffinity { mode: Word, timeout: Option<Word> },
+    TrafficDistribution(Word),
+}
+
+/// `port [NAME] PORT/PROTO [target PORT|NAME] [node-port PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortStmt {
+    pub name: Option<Word>,
+    pub port: Word,
+    pub protocol: Word,
+    /// In source order; repeats are kept so the checker can reject them.
+    pub options: Vec<PortOption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortOption {
+    Target(Word),
+    NodePort(Word),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointsStmt {
+    /// `port [NAME] PORT`.
+    Port {
+        name: Option<Word>,
+        port: Word,
+    },
+    Endpoint(EndpointStmt),
+}
+
+/// `endpoint ADDRESS [node NAME] [zone NAME] [CONDITIONS] [hint-zones ...] [hint-nodes ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStmt {
+    pub address: Word,
+    /// In source order; repeats are kept so the checker can reject them.
+    pub options: Vec<EndpointOption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointOption {
+    Node(Word),
+    Zone(Word),
+    Condition(Word),
+    HintZones(Vec<Word>),
+    HintNodes(Vec<Word>),
+}
+
+/// A syntax error: where parsing stopped and what was expected there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SyntaxError {
+    pub span: Span,
+    pub message: String,
+}
+
+/// Parses one file. Never panics; the only error is the first syntax error.
+pub fn parse(text: &str) -> Result<File, SyntaxError> {
+    let mut pairs = Grammar::parse(Rule::file, text).map_err(|e| syntax_error(text, e))?;
+    let items = pairs
+        .next()
+        .map(|file| {
+            file.into_inner()
+                .filter(|p| !punctuation(p) && p.as_rule() != Rule::EOI)
+                .map(item)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(File { items })
+}
+
+/// The grammar guarantees the shape of every pair; these are its invariants.
+const SHAPE: &str = "the grammar guarantees this child";
+
+fn item(pair: Pair<'_, Rule>) -> Item {
+    let span = Span::of(&pair);
+    let rule = pair.as_rule();
+    let mut inner = pair.into_inner().filter(|p| !punctuation(p));
+    let keyword = Span::of(&inner.next().expect(SHAPE));
+    let kind = match rule {
+        Rule::cluster => ItemKind::Cluster(inner.map(|p| stmt(p, cluster_stmt)).collect()),
+        Rule::node => {
+            let name = Word::of(&inner.next().expect(SHAPE));
+            ItemKind::Node {
+                name,
+                body: inner.map(|p| stmt(p, node_stmt)).collect(),
+            }
+        }
+        Rule::service => {
+            let name = qname(inner.next().expect(SHAPE));
+            ItemKind::Service {
+                name,
+                body: inner.map(|p| stmt(p, service_stmt)).collect(),
+            }
+        }
+        _ => {
+            let name = qname(inner.next().expect(SHAPE));
+            ItemKind::Endpoints {
+                name,
+                body: inner.map(|p| stmt(p, endpoints_stmt)).collect(),
+            }
+        }
+    };
+    Item {
+        keyword,
+        span,
+        kind,
+    }
+}
+
+fn qname(pair: Pair<'_, Rule>) -> QualifiedName {
+    let span = Span::of(&pair);
+    let mut parts = pair.into_inner().map(|p| Word::of(&p));
+    let namespace = parts.next().expect(SHAPE);
+    let name = parts.next().expect(SHAPE);
+    QualifiedName {
+        namespace,
+        name,
+        span,
+    }
+}
+
+/// Separators and braces: structure the grammar needs but the AST does not keep.
+fn punctuation(pair: &Pair<'_, Rule>) -> bool {
+    matches!(pair.as_rule(), Rule::sep | Rule::open | Rule::close)
+}
+
+/// Builds a statement: its first child is the keyword, `build` reads the rest.
+/// The span ends at the last child, not at the whitespace the grammar skipped.
+fn stmt<T>(pair: Pair<'_, Rule>, build: fn(Rule, Vec<Pair<'_, Rule>>) -> T) -> Stmt<T> {
+    let rule = pair.as_rule();
+    let mut inner = pair.into_inner();
+    let keyword = Span::of(&inner.next().expect(SHAPE));
+    let args: Vec<_> = inner.collect();
+    let end = args.last().map_or(keyword.end, |p| p.as_span().end());
+    Stmt {
+        keyword,
+        span: Span::new(keyword.start, end),
+        kind: build(rule, args),
+    }
+}
+
+fn words(args: &[Pair<'_, Rule>]) -> Vec<Word> {
+    args.iter().map(Word::of).collect()
+}
+
+fn first(args: &[Pair<'_, Rule>]) -> Word {
+    Word::of(args.first().expect(SHAPE))
+}
+
+fn cluster_stmt(rule: Rule, args: Vec<Pair<'_, Rule>>) -> ClusterStmt {
+    match rule {
+        Rule::cluster_cidr => ClusterStmt::ClusterCidr(words(&args)),
+        Rule::service_cidr => ClusterStmt::ServiceCidr(words(&args)),
+        Rule::node_port_addresses => ClusterStmt::NodePortAddresses(words(&args)),
+        Rule::node_port_range => ClusterStmt::NodePortRange(first(&args)),
+        _ => ClusterStmt::MasqueradeAll(first(&args)),
+    }
+}
+
+fn node_stmt(rule: Rule, args: Vec<Pair<'_, Rule>>) -> NodeStmt {
+    match rule {
+        Rule::address => NodeStmt::Address(words(&args)),
+        Rule::local_address => NodeStmt::LocalAddress(words(&args)),
+        Rule::pod_cidr => NodeStmt::PodCidr(words(&args)),
+        _ => NodeStmt::Zone(first(&args)),
+    }
+}
+
+fn service_stmt(rule: Rule, args: Vec<Pair<'_, Rule>>) -> ServiceStmt {
+    match rule {
+        Rule::service_type => ServiceStmt::Type(first(&args)),
+        Rule::cluster_ip => ServiceStmt::ClusterIp(words(&args)),
+        Rule::port => ServiceStmt::Port(port_stmt(args)),
+        Rule::external_ip => ServiceStmt::ExternalIp(words(&args)),
+        Rule::load_balancer_ip => ServiceStmt::LoadBalancerIp {
+            address: first(&args),
+            mode: args.get(1).map(Word::of),
+        },
+        Rule::source_ranges => ServiceStmt::SourceRanges(words(&args)),
+        Rule::external_traffic_policy => ServiceStmt::ExternalTrafficPolicy(first(&args)),
+        Rule::internal_traffic_policy => ServiceStmt::InternalTrafficPolicy(first(&args)),
+        Rule::health_check_node_port => ServiceStmt::HealthCheckNodePort(first(&args)),
+        Rule::session_affinity => ServiceStmt::SessionAffinity {
+            mode: first(&args),
+            timeout: args
+                .iter()
+                .find(|p| p.as_rule() == Rule::timeout)
+                .map(Word::of),
+        },
+        _ => ServiceStmt::TrafficDistribution(first(&args)),
+    }
+}
+
+fn port_stmt(args: Vec<Pair<'_, Rule>>) -> PortStmt {
+    let mut name = None;
+    let mut number = None;
+    let mut options = Vec::new();
+    for arg in args {
+        match arg.as_rule() {
+            Rule::port_name => name = Some(Word::of(&arg)),
+            Rule::port_proto => {
+                let mut parts = arg.into_inner().map(|p| Word::of(&p));
+                number = Some((parts.next().expect(SHAPE), parts.next().expect(SHAPE)));
+            }
+            Rule::target => options.push(PortOption::Target(option_value(arg))),
+            _ => options.push(PortOption::NodePort(option_value(arg))),
+        }
+    }
+    let (port, protocol) = number.expect(SHAPE);
+    PortStmt {
+        name,
+        port,
+        protocol,
+        options,
+    }
+}
+
+/// The value of a `keyword value` option.
+fn option_value(pair: Pair<'_, Rule>) -> Word {
+    Word::of(&pair.into_inner().nth(1).expect(SHAPE))
+}
+
+fn endpoints_stmt(rule: Rule, args: Vec<Pair<'_, Rule>>) -> EndpointsStmt {
+    if rule == Rule::endpoint_port {
+        let mut values = words(&args);
+        let port = values.pop().expect(SHAPE);
+        return EndpointsStmt::Port {
+            name: values.pop(),
+            port,
+        };
+    }
+    let mut args = args.into_iter();
+    let address = Word::of(&args.next().expect(SHAPE));
+    let options = args
+        .map(|opt| match opt.as_rule() {
+            Rule::endpoint_node => EndpointOption::Node(option_value(opt)),
+            Rule::endpoint_zone => EndpointOption::Zone(option_value(opt)),
+            Rule::hint_zones => EndpointOption::HintZones(list_values(opt)),
+            Rule::hint_nodes => EndpointOption::HintNodes(list_values(opt)),
+            _ => EndpointOption::Condition(Word::of(&opt)),
+        })
+        .collect();
+    EndpointsStmt::Endpoint(EndpointStmt { address, options })
+}
+
+/// The values of a `keyword value...` option.
+fn list_values(pair: Pair<'_, Rule>) -> Vec<Word> {
+    pair.into_inner().skip(1).map(|p| Word::of(&p)).collect()
+}
+
+/// Turns pest's error into one message in the language's own terms, with a span
+/// covering the offending word (at least one character, so a caret can point at it).
+fn syntax_error(text: &str, err: pest::error::Error<Rule>) -> SyntaxError {
+    let start = match err.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let rest = text.get(start..).unwrap_or("");
+    let len = rest
+        .char_indices()
+        .find(|&(_, c)| c.is_whitespace() || ";{}#".contains(c))
+        .map_or(rest.len(), |(i, _)| i);
+    let len = if len == 0 {
+        rest.chars().next().map_or(0, char::len_utf8)
+    } else {
+        len
+    };
+    let found = match &rest[..len] {
+        "" => "end of file".to_owned(),
+        "\n" | "\r" => "end of line".to_owned(),
+        w => format!("`{w}`"),
+    };
+    let expected = match &err.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().map(|r| describe(*r)).collect();
+            names.dedup();
+            names
+        }
+        pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
+    };
+    let message = match expected.as_slice() {
+        [] => format!("unexpected {found}"),
+        [one] => format!("expected {one}, found {found}"),
+        [init @ .., last] => format!("expected {} or {last}, found {found}", init.join(", ")),
+    };
+    SyntaxError {
+        span: Span::new(start, start + len),
+        message,
+    }
+}
+
+/// How a grammar rule is named in a syntax error.
+fn describe(rule: Rule) -> &'static str {
+    match rule {
+        Rule::EOI => "end of file",
+        Rule::open => "`{` on the line of its keyword",
+        Rule::close => "`}`",
+        Rule::sep => "end of statement",
+        Rule::kw_cluster | Rule::kw_node | Rule::kw_service | Rule::kw_endpoints | Rule::file => {
+            "an item (`cluster`, `node`, `service` or `endpoints`)"
+        }
+        Rule::value | Rule::name_part => "a value",
+        Rule::qname => "a service name NAMESPACE/NAME",
+        Rule::port_proto | Rule::port_number | Rule::port_name => "PORT/PROTO",
+        Rule::protocol => "a protocol",
+        Rule::timeout => "a duration",
+        Rule::kw_cluster_cidr
+        | Rule::kw_service_cidr
+        | Rule::kw_node_port_addresses
+        | Rule::kw_node_port_range
+        | Rule::kw_masquerade_all => "a cluster statement",
+        Rule::kw_address | Rule::kw_local_address | Rule::kw_pod_cidr | Rule::kw_zone => {
+            "a node statement"
+        }
+        Rule::kw_type
+        | Rule::kw_cluster_ip
+        | Rule::kw_port
+        | Rule::kw_external_ip
+        | Rule::kw_load_balancer_ip
+        | Rule::kw_source_ranges
+        | Rule::kw_external_traffic_policy
+        | Rule::kw_internal_traffic_policy
+        | Rule::kw_health_check_node_port
+        | Rule::kw_session_affinity
+        | Rule::kw_traffic_distribution
+        | Rule::kw_endpoint => "a statement",
+        Rule::kw_target | Rule::kw_node_port => "`target` or `node-port`",
+        Rule::kw_timeout => "`timeout`",
+        _ => "end of statement",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,3 @@
 //! The svcnft runtime: the only stage with side effects.
+
+pub mod sources;

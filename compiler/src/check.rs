@@ -1,0 +1,1101 @@
+//! The checker: builds the typed [`Policy`] from the ASTs of every file of a policy
+//! and enforces every rule of the language, reporting all errors it finds.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use svcnft_grammar::{
+    ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, Item, ItemKind, NodeStmt, PortOption,
+    PortStmt, QualifiedName, ServiceStmt, Span, Stmt, Word,
+};
+
+use crate::diagnostics::{Diagnostics, Severity, SourceFile};
+use crate::policy::{
+    Cluster, Conditions, Endpoint, EndpointPort, Endpoints, Family, LoadBalancerIp,
+    LoadBalancerIpMode, Node, NodePortAddresses, Policy, Protocol, Service, ServiceName,
+    ServicePort, ServiceType, TargetPort, TrafficDistribution, TrafficPolicy,
+};
+
+/// A valid policy, with the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub policy: Policy,
+    pub warnings: Diagnostics,
+}
+
+/// Session affinity timeout when `session-affinity client-ip` gives none (Kubernetes').
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
+const MAX_AFFINITY_TIMEOUT: u64 = 86400;
+const MAX_NAME: usize = 63;
+const MAX_NODE_NAME: usize = 253;
+
+/// Parses and checks the files of one policy together.
+///
+/// Syntax errors are reported for every file that has one; the semantic checks run
+/// only when all files parse, since a half-read policy would give misleading errors
+/// about missing nodes or services.
+pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
+    let mut checker = Checker::default();
+    let mut parsed = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        match svcnft_grammar::parse(&file.text) {
+            Ok(ast) => parsed.push((index, ast)),
+            Err(e) => checker
+                .diags
+                .push(Severity::Error, index, e.span, e.message),
+        }
+    }
+    if checker.diags.errors() == 0 {
+        let items: Vec<(usize, &Item)> = parsed
+            .iter()
+            .flat_map(|(i, ast)| ast.items.iter().map(move |item| (*i, item)))
+            .collect();
+        checker.policy(&items);
+    }
+    let mut diags = checker.diags;
+    diags.sort();
+    if diags.errors() > 0 {
+        Err(diags)
+    } else {
+        Ok(Checked {
+            policy: checker.out,
+            warnings: diags,
+        })
+    }
+}
+
+/// Where a declaration came from, for rules that span several items.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    file: usize,
+    span: Span,
+}
+
+#[derive(Default)]
+struct Checker {
+    diags: Diagnostics,
+    /// The file of the item being checked.
+    file: usize,
+    out: Policy,
+    /// Node ports and health-check node ports in use, per protocol, and their service.
+    node_ports: HashMap<(Protocol, u16), ServiceName>,
+    cluster_ips: HashMap<IpAddr, ServiceName>,
+    /// Services with an `endpoints` block already.
+    with_endpoints: HashSet<usize>,
+    /// Per service (by index): the spans of target ports given as names.
+    named_targets: Vec<Vec<(usize, Origin)>>,
+}
+
+impl Checker {
+    fn error(&mut self, span: Span, message: impl Into<String>) {
+        self.diags
+            .push(Severity::Error, self.file, span, message.into());
+    }
+
+    fn policy(&mut self, items: &[(usize, &Item)]) {
+        // Cluster first (node-port-range and service CIDRs constrain services), then
+        // nodes (endpoints name them), services, and endpoints last.
+        let mut cluster_seen = false;
+        for (file, item) in items {
+            self.file = *file;
+            if let ItemKind::Cluster(body) = &item.kind {
+                // A second block is still checked, so its own errors show too.
+                let cluster = self.cluster(body);
+                if cluster_seen {
+                    self.error(item.keyword, "a policy has at most one `cluster` block");
+                } else {
+                    cluster_seen = true;
+                    self.out.cluster = cluster;
+                }
+            }
+        }
+        for (file, item) in items {
+            self.file = *file;
+            if let ItemKind::Node { name, body } = &item.kind {
+                self.node(name, body);
+            }
+        }
+        for (file, item) in items {
+            self.file = *file;
+            if let ItemKind::Service { name, body } = &item.kind {
+                self.service(name, body);
+            }
+        }
+        for (file, item) in items {
+            self.file = *file;
+            if let ItemKind::Endpoints { name, body } = &item.kind {
+                self.endpoints(name, body);
+            }
+        }
+        self.warn_unresolved_targets();
+    }
+
+    // ---- cluster ----------------------------------------------------------
+
+    fn cluster(&mut self, body: &[Stmt<ClusterStmt>]) -> Cluster {
+        let mut cluster = Cluster::default();
+        let mut once = Once::default();
+        let mut node_port_addresses: Option<NodePortAddresses> = None;
+        for stmt in body {
+            match &stmt.kind {
+                ClusterStmt::ClusterCidr(ws) => {
+                    cluster
+                        .cluster_cidrs
+                        .extend(ws.iter().filter_map(|w| self.cidr(w)));
+                }
+                ClusterStmt::ServiceCidr(ws) => {
+                    cluster
+                        .service_cidrs
+                        .extend(ws.iter().filter_map(|w| self.cidr(w)));
+                }
+                ClusterStmt::NodePortAddresses(ws) => {
+                    for w in ws {
+                        self.node_port_addresses(w, ws.len(), &mut node_port_addresses);
+                    }
+                }
+                ClusterStmt::NodePortRange(w) => {
+                    if self.once(&mut once, "node-port-range", stmt.keyword) {
+                        if let Some(range) = self.port_range(w) {
+                            cluster.node_port_range = range;
+                        }
+                    }
+                }
+                ClusterStmt::MasqueradeAll(w) => {
+                    if self.once(&mut once, "masquerade-all", stmt.keyword) {
+                        if let Some(on) = self.switch(w) {
+                            cluster.masquerade_all = on;
+                        }
+                    }
+                }
+            }
+        }
+        cluster.node_port_addresses = node_port_addresses.unwrap_or(NodePortAddresses::Primary);
+        cluster
+    }
+
+    /// `primary` and `all` stand alone; CIDRs append across statements.
+    fn node_port_addresses(
+        &mut self,
+        w: &Word,
+        values: usize,
+        current: &mut Option<NodePortAddresses>,
+    ) {
+        let keyword = match w.text.as_str() {
+            "primary" => Some(NodePortAddresses::Primary),
+            "all" => Some(NodePortAddresses::All),
+            _ => None,
+        };
+        match (keyword, current.as_mut()) {
+            (Some(k), None) if values == 1 => *current = Some(k),
+            (Some(_), _) => self.error(
+                w.span,
+                format!(
+                    "`{}` cannot be combined with other node-port-addresses",
+                    w.text
+                ),
+            ),
+            (None, None) => {
+                if let Some(net) = self.cidr(w) {
+                    *current = Some(NodePortAddresses::Cidrs(vec![net]));
+                }
+            }
+            (None, Some(NodePortAddresses::Cidrs(nets))) => nets.extend(self.cidr(w)),
+            (None, Some(_)) => self.error(
+                w.span,
+                "node-port-addresses is already `primary` or `all`; a CIDR cannot be added",
+            ),
+        }
+    }
+
+    fn port_range(&mut self, w: &Word) -> Option<(u16, u16)> {
+        let Some((first, last)) = w.text.split_once('-') else {
+            self.error(
+                w.span,
+                format!(
+                    "invalid port range `{}`; expected FIRST-LAST, e.g. 30000-32767",
+                    w.text
+                ),
+            );
+            return None;
+        };
+        let dash = first.len();
+        let first = self.port(&sub(w, 0, dash));
+        let last = self.port(&sub(w, dash + 1, dash + 1 + last.len()));
+        let (first, last) = (first?.get(), last?.get());
+        if first > last {
+            self.error(
+                w.span,
+                format!("port range `{}` is empty: {first} is above {last}", w.text),
+            );
+            return None;
+        }
+        Some((first, last))
+    }
+
+    // ---- node -------------------------------------------------------------
+
+    fn node(&mut self, name: &Word, body: &[Stmt<NodeStmt>]) {
+        // An invalid name still has its body checked; the node is then left out.
+        let valid = self.name(name, "node name", MAX_NODE_NAME);
+        let duplicate = valid.as_ref().is_some_and(|n| self.out.node(n).is_some());
+        if duplicate {
+            self.error(
+                name.span,
+                format!("node `{}` is already declared", name.text),
+            );
+        }
+        let mut node = Node {
+            name: name.text.clone(),
+            addresses: Vec::new(),
+            local_addresses: Vec::new(),
+            pod_cidrs: Vec::new(),
+            zone: None,
+        };
+        let mut once = Once::default();
+        for stmt in body {
+            match &stmt.kind {
+                NodeStmt::Address(ws) => node
+                    .addresses
+                    .extend(ws.iter().filter_map(|w| self.address(w))),
+                NodeStmt::LocalAddress(ws) => {
+                    node.local_addresses
+                        .extend(ws.iter().filter_map(|w| self.address(w)));
+                }
+                NodeStmt::PodCidr(ws) => node
+                    .pod_cidrs
+                    .extend(ws.iter().filter_map(|w| self.cidr(w))),
+                NodeStmt::Zone(w) => {
+                    if self.once(&mut once, "zone", stmt.keyword) {
+                        node.zone = self.name(w, "zone", MAX_NAME);
+                    }
+                }
+            }
+        }
+        let has_address = body.iter().any(|s| matches!(s.kind, NodeStmt::Address(_)));
+        if !has_address {
+            self.error(
+                name.span,
+                format!(
+                    "node `{}` has no `address`; at least one is required",
+                    node.name
+                ),
+            );
+        }
+        if valid.is_some() && !duplicate {
+            self.out.nodes.push(node);
+        }
+    }
+
+    // ---- service ----------------------------------------------------------
+
+    fn service_name(&mut self, q: &QualifiedName) -> Option<ServiceName> {
+        let namespace = self.name(&q.namespace, "namespace", MAX_NAME);
+        let name = self.name(&q.name, "service name", MAX_NAME);
+        Some(ServiceName {
+            namespace: namespace?,
+            name: name?,
+        })
+    }
+
+    fn service(&mut self, q: &QualifiedName, body: &[Stmt<ServiceStmt>]) {
+        // An invalid name still has its body checked; the service is then left out.
+        let valid = self.service_name(q);
+        let name = valid.clone().unwrap_or_else(|| ServiceName {
+            namespace: q.namespace.text.clone(),
+            name: q.name.text.clone(),
+        });
+        let duplicate = valid.is_some() && self.out.services.iter().any(|s| s.name == name);
+        if duplicate {
+            self.error(q.span, format!("service `{name}` is already declared"));
+        }
+        let mut s = ServiceDraft::default();
+        let mut once = Once::default();
+        for stmt in body {
+            self.service_stmt(stmt, &mut s, &mut once);
+        }
+        let kind = s.kind.unwrap_or(ServiceType::ClusterIp);
+        let external_traffic_policy = s.external.unwrap_or(TrafficPolicy::Cluster);
+
+        let ports = self.service_ports(&name, kind, &s.ports);
+        if let Some((port, span)) = s.health_check {
+            if kind != ServiceType::LoadBalancer || external_traffic_policy != TrafficPolicy::Local
+            {
+                self.error(span, "`health-check-node-port` needs `type load-balancer` and `external-traffic-policy local`");
+            } else {
+                self.claim_node_port(&name, Protocol::Tcp, port, span, "health-check node port");
+            }
+        }
+        if kind != ServiceType::LoadBalancer {
+            for (_, span) in &s.load_balancer_ips {
+                self.error(*span, "`load-balancer-ip` needs `type load-balancer`");
+            }
+        }
+        if !s.cluster_ip_given {
+            self.error(
+                q.span,
+                format!(
+                    "service `{name}` has no `cluster-ip`; headless services are not supported"
+                ),
+            );
+        }
+        let cluster_ips = self.cluster_ips(&name, &s.cluster_ips);
+
+        let service = Service {
+            name,
+            kind,
+            cluster_ips,
+            ports,
+            external_ips: s.external_ips,
+            load_balancer_ips: s.load_balancer_ips.into_iter().map(|(ip, _)| ip).collect(),
+            source_ranges: s.source_ranges,
+            external_traffic_policy,
+            internal_traffic_policy: s.internal.unwrap_or(TrafficPolicy::Cluster),
+            health_check_node_port: s.health_check.map(|(p, _)| p),
+            session_affinity: s.affinity,
+            traffic_distribution: s.distribution,
+            endpoints: None,
+        };
+        if valid.is_some() && !duplicate {
+            let targets = s
+                .ports
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    p.target_name.map(|span| {
+                        (
+                            i,
+                            Origin {
+                                file: self.file,
+                                span,
+                            },
+                        )
+                    })
+                })
+                .collect();
+            self.named_targets.push(targets);
+            self.out.services.push(service);
+        }
+    }
+
+    fn service_stmt(&mut self, stmt: &Stmt<ServiceStmt>, s: &mut ServiceDraft, once: &mut Once) {
+        const TYPES: &[(&str, ServiceType)] = &[
+            ("cluster-ip", ServiceType::ClusterIp),
+            ("node-port", ServiceType::NodePort),
+            ("load-balancer", ServiceType::LoadBalancer),
+        ];
+        const POLICIES: &[(&str, TrafficPolicy)] = &[
+            ("cluster", TrafficPolicy::Cluster),
+            ("local", TrafficPolicy::Local),
+        ];
+        const DISTRIBUTIONS: &[(&str, TrafficDistribution)] = &[
+            ("prefer-same-zone", TrafficDistribution::PreferSameZone),
+            ("prefer-same-node", TrafficDistribution::PreferSameNode),
+        ];
+        const MODES: &[(&str, LoadBalancerIpMode)] = &[
+            ("proxy", LoadBalancerIpMode::Proxy),
+            ("vip", LoadBalancerIpMode::Vip),
+        ];
+
+        let kw = stmt.keyword;
+        match &stmt.kind {
+            ServiceStmt::Type(w) => {
+                if self.once(once, "type", kw) {
+                    s.kind = self.choice(w, "service type", TYPES);
+                }
+            }
+            ServiceStmt::ClusterIp(ws) => {
+                s.cluster_ip_given = true;
+                s.cluster_ips
+                    .extend(ws.iter().filter_map(|w| Some((self.address(w)?, w.span))));
+            }
+            ServiceStmt::Port(p) => {
+                if let Some(port) = self.port_stmt(p) {
+                    s.ports.push(port);
+                }
+            }
+            ServiceStmt::ExternalIp(ws) => s
+                .external_ips
+                .extend(ws.iter().filter_map(|w| self.address(w))),
+            ServiceStmt::LoadBalancerIp { address, mode } => {
+                let mode = match mode {
+                    Some(m) => self.choice(m, "load-balancer-ip mode", MODES),
+                    None => Some(LoadBalancerIpMode::Vip),
+                };
+                if let (Some(address), Some(mode)) = (self.address(address), mode) {
+                    s.load_balancer_ips
+                        .push((LoadBalancerIp { address, mode }, kw));
+                }
+            }
+            ServiceStmt::SourceRanges(ws) => s
+                .source_ranges
+                .extend(ws.iter().filter_map(|w| self.cidr(w))),
+            ServiceStmt::ExternalTrafficPolicy(w) => {
+                if self.once(once, "external-traffic-policy", kw) {
+                    s.external = self.choice(w, "traffic policy", POLICIES);
+                }
+            }
+            ServiceStmt::InternalTrafficPolicy(w) => {
+                if self.once(once, "internal-traffic-policy", kw) {
+                    s.internal = self.choice(w, "traffic policy", POLICIES);
+                }
+            }
+            ServiceStmt::HealthCheckNodePort(w) => {
+                if self.once(once, "health-check-node-port", kw) {
+                    s.health_check = self.port(w).map(|p| (p, w.span));
+                }
+            }
+            ServiceStmt::SessionAffinity { mode, timeout } => {
+                if self.once(once, "session-affinity", kw) {
+                    s.affinity = self.affinity(mode, timeout.as_ref());
+                }
+            }
+            ServiceStmt::TrafficDistribution(w) => {
+                if self.once(once, "traffic-distribution", kw) {
+                    s.distribution = self.choice(w, "traffic distribution", DISTRIBUTIONS);
+                }
+            }
+        }
+    }
+
+    fn affinity(&mut self, mode: &Word, timeout: Option<&Word>) -> Option<Duration> {
+        match (mode.text.as_str(), timeout) {
+            ("none", None) => None,
+            ("none", Some(t)) => {
+                self.error(t.span, "a timeout needs `session-affinity client-ip`");
+                None
+            }
+            ("client-ip", None) => Some(DEFAULT_AFFINITY_TIMEOUT),
+            ("client-ip", Some(t)) => {
+                let d = self.duration(t)?;
+                if d.as_secs() == 0 || d.as_secs() > MAX_AFFINITY_TIMEOUT {
+                    self.error(
+                        t.span,
+                        format!(
+                            "session affinity timeout `{}` is out of range: 1s to 86400s (24h)",
+                            t.text
+                        ),
+                    );
+                    return None;
+                }
+                Some(d)
+            }
+            (other, _) => {
+                self.error(
+                    mode.span,
+                    format!("unknown session affinity `{other}`; expected `none` or `client-ip`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn port_stmt(&mut self, p: &PortStmt) -> Option<PortDraft> {
+        // `None` when no name is given; `Some(None)` when the given name is invalid.
+        let name = p.name.as_ref().map(|w| self.name(w, "port name", MAX_NAME));
+        let port = self.port(&p.port);
+        let protocol = self.protocol(&p.protocol);
+        let mut target = None;
+        let mut target_name = None;
+        let mut node_port = None;
+        let mut seen_target = false;
+        let mut seen_node_port = false;
+        for option in &p.options {
+            match option {
+                PortOption::Target(w) => {
+                    if std::mem::replace(&mut seen_target, true) {
+                        self.error(w.span, "`target` is given twice");
+                    } else if w.text.bytes().all(|b| b.is_ascii_digit()) {
+                        target = self.port(w).map(TargetPort::Number);
+                    } else {
+                        target = self
+                            .name(w, "target port name", MAX_NAME)
+                            .map(TargetPort::Name);
+                        target_name = Some(w.span);
+                    }
+                }
+                PortOption::NodePort(w) => {
+                    if std::mem::replace(&mut seen_node_port, true) {
+                        self.error(w.span, "`node-port` is given twice");
+                    } else {
+                        node_port = self.port(w).map(|p| (p, w.span));
+                    }
+                }
+            }
+        }
+        let spec = Span::new(p.port.span.start, p.protocol.span.end);
+        Some(PortDraft {
+            port: ServicePort {
+                name: name.map_or(Some(None), |n| n.map(Some))?,
+                port: port?,
+                protocol: protocol?,
+                target,
+                node_port: node_port.map(|(p, _)| p),
+            },
+            spec,
+            name_span: p.name.as_ref().map(|w| w.span),
+            node_port_span: node_port.map(|(_, s)| s),
+            target_name,
+        })
+    }
+
+    fn service_ports(
+        &mut self,
+        service: &ServiceName,
+        kind: ServiceType,
+        drafts: &[PortDraft],
+    ) -> Vec<ServicePort> {
+        let mut names = HashSet::new();
+        let mut specs = HashSet::new();
+        for d in drafts {
+            let p = &d.port;
+            if let (Some(name), Some(span)) = (&p.name, d.name_span) {
+                if !names.insert(name.clone()) {
+                    self.error(
+                        span,
+                        format!("port name `{name}` is already used in this service"),
+                    );
+                }
+            } else if drafts.len() > 1 {
+                self.error(
+                    d.spec,
+                    "this port needs a name: the service has more than one port",
+                );
+            }
+            if !specs.insert((p.port, p.protocol)) {
+                self.error(
+                    d.spec,
+                    format!(
+                        "port {}/{} is already declared in this service",
+                        p.port, p.protocol
+                    ),
+                );
+            }
+            if let (Some(node_port), Some(span)) = (p.node_port, d.node_port_span) {
+                if kind == ServiceType::ClusterIp {
+                    self.error(
+                        span,
+                        "`node-port` needs `type node-port` or `type load-balancer`",
+                    );
+                } else {
+                    self.claim_node_port(service, p.protocol, node_port, span, "node port");
+                }
+            }
+        }
+        drafts.iter().map(|d| d.port.clone()).collect()
+    }
+
+    /// Checks a node port against the range and claims it for `service`.
+    fn claim_node_port(
+        &mut self,
+        service: &ServiceName,
+        protocol: Protocol,
+        port: NonZeroU16,
+        span: Span,
+        what: &str,
+    ) {
+        let (first, last) = self.out.cluster.node_port_range;
+        if !(first..=last).contains(&port.get()) {
+            self.error(
+                span,
+                format!("{what} {port} is outside the node-port-range {first}-{last}"),
+            );
+            return;
+        }
+        match self.node_ports.get(&(protocol, port.get())) {
+            Some(owner) if owner == service => {
+                self.error(
+                    span,
+                    format!("node port {port}/{protocol} is already used in this service"),
+                );
+            }
+            Some(owner) => {
+                let owner = owner.clone();
+                self.error(
+                    span,
+                    format!("node port {port}/{protocol} is already used by service `{owner}`"),
+                );
+            }
+            None => {
+                self.node_ports
+                    .insert((protocol, port.get()), service.clone());
+            }
+        }
+    }
+
+    fn cluster_ips(&mut self, service: &ServiceName, ips: &[(IpAddr, Span)]) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for &(ip, span) in ips {
+            let family = Family::of(ip);
+            if out.iter().any(|a| Family::of(*a) == family) {
+                self.error(
+                    span,
+                    format!(
+                        "a second {} cluster IP; a service has at most one per family",
+                        family_name(family)
+                    ),
+                );
+                continue;
+            }
+            let cidrs: Vec<IpNet> = self
+                .out
+                .cluster
+                .service_cidrs
+                .iter()
+                .filter(|n| Family::of_net(n) == family)
+                .copied()
+                .collect();
+            if !cidrs.is_empty() && !cidrs.iter().any(|n| n.contains(&ip)) {
+                let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+                self.error(
+                    span,
+                    format!(
+                        "cluster IP {ip} is outside the service CIDR {}",
+                        list.join(", ")
+                    ),
+                );
+            }
+            match self.cluster_ips.get(&ip) {
+                Some(owner) if owner != service => {
+                    let owner = owner.clone();
+                    self.error(
+                        span,
+                        format!("cluster IP {ip} is already used by service `{owner}`"),
+                    );
+                }
+                _ => {
+                    self.cluster_ips.insert(ip, service.clone());
+                }
+            }
+            out.push(ip);
+        }
+        out
+    }
+
+    // ---- endpoints --------------------------------------------------------
+
+    fn endpoints(&mut self, q: &QualifiedName, body: &[Stmt<EndpointsStmt>]) {
+        let name = self.service_name(q);
+        let index = name
+            .as_ref()
+            .and_then(|n| self.out.services.iter().position(|s| &s.name == n));
+        match (&name, index) {
+            (Some(n), None) => self.error(
+                q.span,
+                format!("no service `{n}` is declared for these endpoints"),
+            ),
+            (Some(n), Some(i)) if !self.with_endpoints.insert(i) => {
+                self.error(
+                    q.span,
+                    format!("service `{n}` already has an `endpoints` block"),
+                );
+            }
+            _ => {}
+        }
+        let ports: Vec<ServicePort> = index
+            .map(|i| self.out.services[i].ports.clone())
+            .unwrap_or_default();
+        let mut block = Endpoints::default();
+        let mut addresses = HashSet::new();
+        for stmt in body {
+            match &stmt.kind {
+                EndpointsStmt::Port { name, port } => {
+                    if let Some(p) =
+                        self.endpoint_port(name.as_ref(), port, &ports, index.is_some(), &block)
+                    {
+                        block.ports.push(p);
+                    }
+                }
+                EndpointsStmt::Endpoint(e) => {
+                    if let Some(endpoint) = self.endpoint(e) {
+                        if addresses.insert(endpoint.address) {
+                            block.endpoints.push(endpoint);
+                        } else {
+                            self.error(
+                                e.address.span,
+                                format!(
+                                    "endpoint {} is already listed in this block",
+                                    endpoint.address
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(service) = index.map(|i| &mut self.out.services[i]) {
+            if service.endpoints.is_none() {
+                service.endpoints = Some(block);
+            }
+        }
+    }
+
+    /// `port NAME PORT` must name a port of the service; `port PORT` fits only a
+    /// service whose single port is unnamed (as EndpointSlice ports match by name).
+    fn endpoint_port(
+        &mut self,
+        name: Option<&Word>,
+        port: &Word,
+        ports: &[ServicePort],
+        service_known: bool,
+        block: &Endpoints,
+    ) -> Option<EndpointPort> {
+        let number = self.port(port);
+        let name = match name {
+            Some(w) => {
+                let n = self.name(w, "port name", MAX_NAME)?;
+                if service_known && !ports.iter().any(|p| p.name.as_deref() == Some(n.as_str())) {
+                    self.error(w.span, format!("the service has no port named `{n}`"));
+                    return None;
+                }
+                Some(n)
+            }
+            None => {
+                if service_known && !matches!(ports, [p] if p.name.is_none()) {
+                    self.error(port.span, "`port PORT` without a name fits only a service with one unnamed port; write `port NAME PORT`");
+                    return None;
+                }
+                None
+            }
+        };
+        if block.ports.iter().any(|p| p.name == name) {
+            self.error(
+                port.span,
+                format!(
+                    "the endpoint port for {} is already given",
+                    describe_port(name.as_deref())
+                ),
+            );
+            return None;
+        }
+        Some(EndpointPort {
+            name,
+            port: number?,
+        })
+    }
+
+    fn endpoint(&mut self, e: &EndpointStmt) -> Option<Endpoint> {
+        let address = self.address(&e.address);
+        let mut node = None;
+        let mut zone = None;
+        let mut hint_zones = Vec::new();
+        let mut hint_nodes = Vec::new();
+        let mut conditions: Vec<&Word> = Vec::new();
+        let mut seen = Once::default();
+        for option in &e.options {
+            match option {
+                EndpointOption::Node(w) => {
+                    if self.once(&mut seen, "node", w.span) {
+                        node = self.name(w, "node name", MAX_NODE_NAME);
+                        if let Some(n) = &node {
+                            if self.out.node(n).is_none() {
+                                self.error(w.span, format!("node `{n}` is not declared"));
+                            }
+                        }
+                    }
+                }
+                EndpointOption::Zone(w) => {
+                    if self.once(&mut seen, "zone", w.span) {
+                        zone = self.name(w, "zone", MAX_NAME);
+                    }
+                }
+                EndpointOption::HintZones(ws) => {
+                    hint_zones.extend(ws.iter().filter_map(|w| self.name(w, "zone", MAX_NAME)));
+                }
+                EndpointOption::HintNodes(ws) => {
+                    hint_nodes.extend(
+                        ws.iter()
+                            .filter_map(|w| self.name(w, "node name", MAX_NODE_NAME)),
+                    );
+                }
+                EndpointOption::Condition(w) => conditions.push(w),
+            }
+        }
+        let conditions = self.conditions(&conditions)?;
+        Some(Endpoint {
+            address: address?,
+            node,
+            zone,
+            conditions,
+            hint_zones,
+            hint_nodes,
+        })
+    }
+
+    /// EndpointSlice conditions: `terminating` implies not ready but serving unless
+    /// `not-serving`; anything not ready and not terminating is not serving either.
+    fn conditions(&mut self, words: &[&Word]) -> Option<Conditions> {
+        const KNOWN: [&str; 4] = ["ready", "not-ready", "terminating", "not-serving"];
+        let mut given: Vec<&str> = Vec::new();
+        let mut ok = true;
+        for w in words {
+            let text = w.text.as_str();
+            if !KNOWN.contains(&text) {
+                self.error(w.span, format!("unknown endpoint condition `{text}`; expected ready, not-ready, terminating or not-serving (or node, zone, hint-zones, hint-nodes)"));
+                ok = false;
+            } else if given.contains(&text) {
+                self.error(w.span, format!("condition `{text}` is given twice"));
+                ok = false;
+            } else if let Some(other) = given.iter().find(|g| (**g == "ready") != (text == "ready"))
+            {
+                // `ready` excludes every other condition.
+                self.error(w.span, format!("condition `{text}` contradicts `{other}`"));
+                ok = false;
+            } else {
+                given.push(text);
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let terminating = given.contains(&"terminating");
+        let not_ready = given.contains(&"not-ready");
+        let not_serving = given.contains(&"not-serving");
+        Some(Conditions {
+            ready: !terminating && !not_ready && !not_serving,
+            serving: !not_serving && (terminating || !not_ready),
+            terminating,
+        })
+    }
+
+    /// A service port whose target is a name needs an endpoints `port` for it.
+    fn warn_unresolved_targets(&mut self) {
+        for (service, targets) in self.out.services.iter().zip(&self.named_targets) {
+            for (index, origin) in targets {
+                let port = &service.ports[*index];
+                let resolved = service
+                    .endpoints
+                    .as_ref()
+                    .is_some_and(|e| e.ports.iter().any(|p| p.name == port.name));
+                if !resolved {
+                    let Some(TargetPort::Name(target)) = &port.target else {
+                        continue;
+                    };
+                    self.diags.push(
+                        Severity::Warning,
+                        origin.file,
+                        origin.span,
+                        format!(
+                            "target port `{target}` is a name and no endpoints `port` statement of `{}` resolves it; {} gets no endpoints",
+                            service.name,
+                            describe_port(port.name.as_deref())
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- values -----------------------------------------------------------
+
+    /// Reports a repeated single-valued statement; true the first time.
+    fn once(&mut self, seen: &mut Once, keyword: &'static str, span: Span) -> bool {
+        if seen.0.contains(&keyword) {
+            self.error(
+                span,
+                format!("`{keyword}` is given twice; it takes a single value"),
+            );
+            return false;
+        }
+        seen.0.push(keyword);
+        true
+    }
+
+    fn name(&mut self, w: &Word, what: &str, max: usize) -> Option<String> {
+        let text = w.text.as_str();
+        let chars_ok = text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let ends_ok = text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && text.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !chars_ok || !ends_ok {
+            self.error(w.span, format!("invalid {what} `{text}`: use lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit"));
+            return None;
+        }
+        if text.len() > max {
+            self.error(
+                w.span,
+                format!(
+                    "{what} is {} characters long; at most {max} are allowed",
+                    text.len()
+                ),
+            );
+            return None;
+        }
+        Some(text.to_owned())
+    }
+
+    fn address(&mut self, w: &Word) -> Option<IpAddr> {
+        match w.text.parse() {
+            Ok(a) => Some(a),
+            Err(_) if w.text.contains('/') => {
+                self.error(
+                    w.span,
+                    format!("expected an address, found the CIDR `{}`", w.text),
+                );
+                None
+            }
+            Err(_) => {
+                self.error(w.span, format!("invalid IP address `{}`", w.text));
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, w: &Word) -> Option<IpNet> {
+        let Ok(net) = w.text.parse::<IpNet>() else {
+            let message = if w.text.contains('/') {
+                format!("invalid CIDR `{}`", w.text)
+            } else {
+                format!("expected a CIDR ADDRESS/PREFIX, found `{}`", w.text)
+            };
+            self.error(w.span, message);
+            return None;
+        };
+        if net.trunc() != net {
+            self.error(
+                w.span,
+                format!(
+                    "CIDR `{}` has host bits set; did you mean `{}`?",
+                    w.text,
+                    net.trunc()
+                ),
+            );
+            return None;
+        }
+        Some(net)
+    }
+
+    fn port(&mut self, w: &Word) -> Option<NonZeroU16> {
+        if w.text.is_empty() || !w.text.bytes().all(|b| b.is_ascii_digit()) {
+            self.error(
+                w.span,
+                format!(
+                    "invalid port `{}`; expected a number from 1 to 65535",
+                    w.text
+                ),
+            );
+            return None;
+        }
+        let port = w.text.parse::<u16>().ok().and_then(NonZeroU16::new);
+        if port.is_none() {
+            self.error(w.span, format!("port {} is out of range 1-65535", w.text));
+        }
+        port
+    }
+
+    fn protocol(&mut self, w: &Word) -> Option<Protocol> {
+        self.choice(
+            w,
+            "protocol",
+            &[
+                ("tcp", Protocol::Tcp),
+                ("udp", Protocol::Udp),
+                ("sctp", Protocol::Sctp),
+            ],
+        )
+    }
+
+    fn switch(&mut self, w: &Word) -> Option<bool> {
+        self.choice(w, "switch value", &[("on", true), ("off", false)])
+    }
+
+    fn choice<T: Copy>(&mut self, w: &Word, what: &str, choices: &[(&str, T)]) -> Option<T> {
+        if let Some((_, v)) = choices.iter().find(|(k, _)| *k == w.text) {
+            return Some(*v);
+        }
+        let names: Vec<String> = choices.iter().map(|(k, _)| format!("`{k}`")).collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, init)) => format!("{} or {last}", init.join(", ")),
+            None => String::new(),
+        };
+        self.error(
+            w.span,
+            format!("unknown {what} `{}`; expected {expected}", w.text),
+        );
+        None
+    }
+
+    fn duration(&mut self, w: &Word) -> Option<Duration> {
+        let text = w.text.as_str();
+        let (digits, unit) = match text.char_indices().last() {
+            Some((i, 's')) => (&text[..i], 1),
+            Some((i, 'm')) => (&text[..i], 60),
+            Some((i, 'h')) => (&text[..i], 3600),
+            _ => (text, 1),
+        };
+        let seconds = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            digits.parse::<u64>().ok().and_then(|n| n.checked_mul(unit))
+        } else {
+            None
+        };
+        match seconds {
+            Some(s) => Some(Duration::from_secs(s)),
+            None if digits.bytes().all(|b| b.is_ascii_digit()) && !digits.is_empty() => {
+                self.error(w.span, format!("duration `{text}` is too long"));
+                None
+            }
+            None => {
+                self.error(w.span, format!("invalid duration `{text}`; expected a number with an optional unit s, m or h (e.g. 10800, 3h)"));
+                None
+            }
+        }
+    }
+}
+
+/// The statement keywords of a block already seen.
+#[derive(Default)]
+struct Once(Vec<&'static str>);
+
+/// A service as its statements are read; the rules that relate statements run after.
+#[derive(Default)]
+struct ServiceDraft {
+    kind: Option<ServiceType>,
+    /// Whether any `cluster-ip` statement exists, valid or not.
+    cluster_ip_given: bool,
+    cluster_ips: Vec<(IpAddr, Span)>,
+    ports: Vec<PortDraft>,
+    external_ips: Vec<IpAddr>,
+    load_balancer_ips: Vec<(LoadBalancerIp, Span)>,
+    source_ranges: Vec<IpNet>,
+    external: Option<TrafficPolicy>,
+    internal: Option<TrafficPolicy>,
+    health_check: Option<(NonZeroU16, Span)>,
+    affinity: Option<Duration>,
+    distribution: Option<TrafficDistribution>,
+}
+
+struct PortDraft {
+    port: ServicePort,
+    /// `PORT/PROTO`.
+    spec: Span,
+    name_span: Option<Span>,
+    node_port_span: Option<Span>,
+    /// The target, when it is a name.
+    target_name: Option<Span>,
+}
+
+/// Part of a word, for errors about one side of `A-B`.
+fn sub(w: &Word, start: usize, end: usize) -> Word {
+    Word {
+        text: w.text.get(start..end).unwrap_or("").to_owned(),
+        span: Span::new(w.span.start + start, w.span.start + end),
+    }
+}
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "IPv4",
+        Family::Ipv6 => "IPv6",
+    }
+}
+
+fn describe_port(name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("port `{n}`"),
+        None => "the unnamed port".to_owned(),
+    }
+}
