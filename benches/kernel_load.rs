@@ -81,7 +81,8 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
                     std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
                 };
                 writeln!(extra, "add chain {family} svcnft {name}").unwrap();
-                writeln!(extra, "add rule {family} svcnft {name} {family} saddr {address} jump mark-for-masquerade").unwrap();
+                writeln!(extra, "add rule {family} svcnft {name} {family} saddr {address} jump mark-for-masquerade")
+                    .unwrap();
                 writeln!(extra, "add rule {family} svcnft {name} meta l4proto tcp dnat to {target}").unwrap();
                 arms.push(format!("{} : goto {name}", arms.len()));
             }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use svcnft_compiler::{Checked, SourceFile};
 use svcnft_runtime::sources::read_policy;
 
 /// Compile Kubernetes-style Service policies into nftables rulesets.
@@ -25,6 +26,37 @@ enum Command {
         #[arg(required = true, value_name = "POLICY")]
         policy: Vec<PathBuf>,
     },
+    /// Compile a policy into the nftables ruleset of one node.
+    ///
+    /// Prints `nft -f` input (or, with --format json, the node plan and the ruleset).
+    Compile {
+        /// Policy files, or directories whose *.svc files are read in name order.
+        #[arg(required = true, value_name = "POLICY")]
+        policy: Vec<PathBuf>,
+        /// The node to compile for.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        #[arg(long, value_enum, default_value_t = Format::Nft)]
+        format: Format,
+    },
+    /// Show how a node's ruleset changes between two policies, and the operations
+    /// that would turn one into the other.
+    Diff {
+        /// The old policy: a file, or a directory of *.svc files.
+        old: PathBuf,
+        /// The new policy: a file, or a directory of *.svc files.
+        new: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        node: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// `nft -f` input.
+    Nft,
+    /// The node plan and the ruleset as JSON.
+    Json,
 }
 
 /// The exit codes of the command-line contract.
@@ -40,16 +72,77 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap exits 2 on usage errors, which here means "invalid policy".
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::OTHER
-            } else {
-                exit::OK
-            });
+            return ExitCode::from(if e.use_stderr() { exit::OTHER } else { exit::OK });
         }
     };
     ExitCode::from(match cli.command {
         Command::Check { policy } => check(&policy),
+        Command::Compile { policy, node, format } => compile(&policy, &node, format),
+        Command::Diff { old, new, node } => diff(&old, &new, &node),
     })
+}
+
+/// Reads and checks a policy, printing its diagnostics; on failure, the exit code.
+fn load(paths: &[PathBuf]) -> Result<(Vec<SourceFile>, Checked), u8> {
+    let files = read_policy(paths).map_err(|e| {
+        eprintln!("svcnft: {e}");
+        exit::OTHER
+    })?;
+    match svcnft_compiler::check(&files) {
+        Ok(checked) => {
+            eprint!("{}", checked.warnings.render(&files));
+            Ok((files, checked))
+        }
+        Err(diagnostics) => {
+            eprint!("{}", diagnostics.render(&files));
+            Err(exit::INVALID)
+        }
+    }
+}
+
+/// Loads and compiles a policy for one node; on failure, the exit code.
+fn compile_for(paths: &[PathBuf], node: &str) -> Result<(svcnft_compiler::NodePlan, svcnft_compiler::Ruleset), u8> {
+    let (_, checked) = load(paths)?;
+    svcnft_compiler::compile(&checked.policy, node).map_err(|e| {
+        eprintln!("svcnft: {e}");
+        exit::INVALID
+    })
+}
+
+fn compile(paths: &[PathBuf], node: &str, format: Format) -> u8 {
+    let (plan, ruleset) = match compile_for(paths, node) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    match format {
+        Format::Nft => print!("{}", svcnft_compiler::render::render(&ruleset)),
+        Format::Json => {
+            let json = serde_json::json!({ "plan": plan, "ruleset": ruleset });
+            println!("{}", serde_json::to_string_pretty(&json).expect("plans serialise"));
+        }
+    }
+    exit::OK
+}
+
+fn diff(old: &std::path::Path, new: &std::path::Path, node: &str) -> u8 {
+    let compiled = |path: &std::path::Path| compile_for(&[path.to_path_buf()], node).map(|(_, ruleset)| ruleset);
+    let (before, after) = match (compiled(old), compiled(new)) {
+        (Ok(before), Ok(after)) => (before, after),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let (old_text, new_text) = (svcnft_compiler::render::render(&before), svcnft_compiler::render::render(&after));
+    let text_diff = similar::TextDiff::from_lines(&old_text, &new_text);
+    print!("{}", text_diff.unified_diff().context_radius(3).header(&old.display().to_string(), &new.display().to_string()));
+    let transaction = svcnft_compiler::diff::diff(&before, &after);
+    if transaction.is_empty() {
+        println!("no changes");
+    } else {
+        println!("{} operations:", transaction.len());
+        for op in &transaction.ops {
+            println!("  {op}");
+        }
+    }
+    exit::OK
 }
 
 fn check(paths: &[PathBuf]) -> u8 {

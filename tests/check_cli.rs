@@ -3,10 +3,7 @@
 use std::process::Command;
 
 fn svcnft(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_svcnft"))
-        .args(args)
-        .output()
-        .expect("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_svcnft")).args(args).output().expect("runs");
     let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
     (out.status.code(), text(out.stdout), text(out.stderr))
 }
@@ -36,18 +33,12 @@ fn invalid_policy_exits_2_with_diagnostics_on_stderr() {
     assert_eq!(code, Some(2));
     assert!(stdout.is_empty());
     assert_eq!(stderr.matches(": error: ").count(), 2, "{stderr}");
-    assert!(
-        stderr.starts_with(&format!("{}:1:6: error: ", path.display())),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with(&format!("{}:1:6: error: ", path.display())), "{stderr}");
 }
 
 #[test]
 fn warnings_keep_exit_0() {
-    let path = scratch(
-        "warn.svc",
-        "service a/b { cluster-ip 10.0.0.1; port 80/tcp target web }\n",
-    );
+    let path = scratch("warn.svc", "service a/b { cluster-ip 10.0.0.1; port 80/tcp target web }\n");
     let (code, _, stderr) = svcnft(&["check", path.to_str().expect("utf-8 path")]);
     std::fs::remove_file(&path).expect("cleanup");
     assert_eq!(code, Some(0));

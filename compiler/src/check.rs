@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use svcnft_grammar::{
-    ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, Item, ItemKind, NodeStmt, PortOption,
-    PortStmt, QualifiedName, ServiceStmt, Span, Stmt, Word,
+    ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, Item, ItemKind, NodeStmt, PortOption, PortStmt,
+    QualifiedName, ServiceStmt, Span, Stmt, Word,
 };
 
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
 use crate::policy::{
-    Cluster, Conditions, Endpoint, EndpointPort, Endpoints, Family, LoadBalancerIp,
-    LoadBalancerIpMode, Node, NodePortAddresses, Policy, Protocol, Service, ServiceName,
-    ServicePort, ServiceType, TargetPort, TrafficDistribution, TrafficPolicy,
+    Cluster, Conditions, Endpoint, EndpointPort, Endpoints, Family, LoadBalancerIp, LoadBalancerIpMode, Node,
+    NodePortAddresses, Policy, Protocol, Service, ServiceName, ServicePort, ServiceType, TargetPort,
+    TrafficDistribution, TrafficPolicy,
 };
 
 /// A valid policy, with the warnings found on the way.
@@ -43,16 +43,12 @@ pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
     for (index, file) in files.iter().enumerate() {
         match svcnft_grammar::parse(&file.text) {
             Ok(ast) => parsed.push((index, ast)),
-            Err(e) => checker
-                .diags
-                .push(Severity::Error, index, e.span, e.message),
+            Err(e) => checker.diags.push(Severity::Error, index, e.span, e.message),
         }
     }
     if checker.diags.errors() == 0 {
-        let items: Vec<(usize, &Item)> = parsed
-            .iter()
-            .flat_map(|(i, ast)| ast.items.iter().map(move |item| (*i, item)))
-            .collect();
+        let items: Vec<(usize, &Item)> =
+            parsed.iter().flat_map(|(i, ast)| ast.items.iter().map(move |item| (*i, item))).collect();
         checker.policy(&items);
     }
     let mut diags = checker.diags;
@@ -60,10 +56,7 @@ pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
     if diags.errors() > 0 {
         Err(diags)
     } else {
-        Ok(Checked {
-            policy: checker.out,
-            warnings: diags,
-        })
+        Ok(Checked { policy: checker.out, warnings: diags })
     }
 }
 
@@ -91,8 +84,7 @@ struct Checker {
 
 impl Checker {
     fn error(&mut self, span: Span, message: impl Into<String>) {
-        self.diags
-            .push(Severity::Error, self.file, span, message.into());
+        self.diags.push(Severity::Error, self.file, span, message.into());
     }
 
     fn policy(&mut self, items: &[(usize, &Item)]) {
@@ -142,14 +134,10 @@ impl Checker {
         for stmt in body {
             match &stmt.kind {
                 ClusterStmt::ClusterCidr(ws) => {
-                    cluster
-                        .cluster_cidrs
-                        .extend(ws.iter().filter_map(|w| self.cidr(w)));
+                    cluster.cluster_cidrs.extend(ws.iter().filter_map(|w| self.cidr(w)));
                 }
                 ClusterStmt::ServiceCidr(ws) => {
-                    cluster
-                        .service_cidrs
-                        .extend(ws.iter().filter_map(|w| self.cidr(w)));
+                    cluster.service_cidrs.extend(ws.iter().filter_map(|w| self.cidr(w)));
                 }
                 ClusterStmt::NodePortAddresses(ws) => {
                     for w in ws {
@@ -177,12 +165,7 @@ impl Checker {
     }
 
     /// `primary` and `all` stand alone; CIDRs append across statements.
-    fn node_port_addresses(
-        &mut self,
-        w: &Word,
-        values: usize,
-        current: &mut Option<NodePortAddresses>,
-    ) {
+    fn node_port_addresses(&mut self, w: &Word, values: usize, current: &mut Option<NodePortAddresses>) {
         let keyword = match w.text.as_str() {
             "primary" => Some(NodePortAddresses::Primary),
             "all" => Some(NodePortAddresses::All),
@@ -190,35 +173,24 @@ impl Checker {
         };
         match (keyword, current.as_mut()) {
             (Some(k), None) if values == 1 => *current = Some(k),
-            (Some(_), _) => self.error(
-                w.span,
-                format!(
-                    "`{}` cannot be combined with other node-port-addresses",
-                    w.text
-                ),
-            ),
+            (Some(_), _) => {
+                self.error(w.span, format!("`{}` cannot be combined with other node-port-addresses", w.text))
+            }
             (None, None) => {
                 if let Some(net) = self.cidr(w) {
                     *current = Some(NodePortAddresses::Cidrs(vec![net]));
                 }
             }
             (None, Some(NodePortAddresses::Cidrs(nets))) => nets.extend(self.cidr(w)),
-            (None, Some(_)) => self.error(
-                w.span,
-                "node-port-addresses is already `primary` or `all`; a CIDR cannot be added",
-            ),
+            (None, Some(_)) => {
+                self.error(w.span, "node-port-addresses is already `primary` or `all`; a CIDR cannot be added")
+            }
         }
     }
 
     fn port_range(&mut self, w: &Word) -> Option<(u16, u16)> {
         let Some((first, last)) = w.text.split_once('-') else {
-            self.error(
-                w.span,
-                format!(
-                    "invalid port range `{}`; expected FIRST-LAST, e.g. 30000-32767",
-                    w.text
-                ),
-            );
+            self.error(w.span, format!("invalid port range `{}`; expected FIRST-LAST, e.g. 30000-32767", w.text));
             return None;
         };
         let dash = first.len();
@@ -226,10 +198,7 @@ impl Checker {
         let last = self.port(&sub(w, dash + 1, dash + 1 + last.len()));
         let (first, last) = (first?.get(), last?.get());
         if first > last {
-            self.error(
-                w.span,
-                format!("port range `{}` is empty: {first} is above {last}", w.text),
-            );
+            self.error(w.span, format!("port range `{}` is empty: {first} is above {last}", w.text));
             return None;
         }
         Some((first, last))
@@ -242,10 +211,7 @@ impl Checker {
         let valid = self.name(name, "node name", MAX_NODE_NAME);
         let duplicate = valid.as_ref().is_some_and(|n| self.out.node(n).is_some());
         if duplicate {
-            self.error(
-                name.span,
-                format!("node `{}` is already declared", name.text),
-            );
+            self.error(name.span, format!("node `{}` is already declared", name.text));
         }
         let mut node = Node {
             name: name.text.clone(),
@@ -257,16 +223,11 @@ impl Checker {
         let mut once = Once::default();
         for stmt in body {
             match &stmt.kind {
-                NodeStmt::Address(ws) => node
-                    .addresses
-                    .extend(ws.iter().filter_map(|w| self.address(w))),
+                NodeStmt::Address(ws) => node.addresses.extend(ws.iter().filter_map(|w| self.address(w))),
                 NodeStmt::LocalAddress(ws) => {
-                    node.local_addresses
-                        .extend(ws.iter().filter_map(|w| self.address(w)));
+                    node.local_addresses.extend(ws.iter().filter_map(|w| self.address(w)));
                 }
-                NodeStmt::PodCidr(ws) => node
-                    .pod_cidrs
-                    .extend(ws.iter().filter_map(|w| self.cidr(w))),
+                NodeStmt::PodCidr(ws) => node.pod_cidrs.extend(ws.iter().filter_map(|w| self.cidr(w))),
                 NodeStmt::Zone(w) => {
                     if self.once(&mut once, "zone", stmt.keyword) {
                         node.zone = self.name(w, "zone", MAX_NAME);
@@ -276,13 +237,7 @@ impl Checker {
         }
         let has_address = body.iter().any(|s| matches!(s.kind, NodeStmt::Address(_)));
         if !has_address {
-            self.error(
-                name.span,
-                format!(
-                    "node `{}` has no `address`; at least one is required",
-                    node.name
-                ),
-            );
+            self.error(name.span, format!("node `{}` has no `address`; at least one is required", node.name));
         }
         if valid.is_some() && !duplicate {
             self.out.nodes.push(node);
@@ -294,19 +249,15 @@ impl Checker {
     fn service_name(&mut self, q: &QualifiedName) -> Option<ServiceName> {
         let namespace = self.name(&q.namespace, "namespace", MAX_NAME);
         let name = self.name(&q.name, "service name", MAX_NAME);
-        Some(ServiceName {
-            namespace: namespace?,
-            name: name?,
-        })
+        Some(ServiceName { namespace: namespace?, name: name? })
     }
 
     fn service(&mut self, q: &QualifiedName, body: &[Stmt<ServiceStmt>]) {
         // An invalid name still has its body checked; the service is then left out.
         let valid = self.service_name(q);
-        let name = valid.clone().unwrap_or_else(|| ServiceName {
-            namespace: q.namespace.text.clone(),
-            name: q.name.text.clone(),
-        });
+        let name = valid
+            .clone()
+            .unwrap_or_else(|| ServiceName { namespace: q.namespace.text.clone(), name: q.name.text.clone() });
         let duplicate = valid.is_some() && self.out.services.iter().any(|s| s.name == name);
         if duplicate {
             self.error(q.span, format!("service `{name}` is already declared"));
@@ -321,9 +272,11 @@ impl Checker {
 
         let ports = self.service_ports(&name, kind, &s.ports);
         if let Some((port, span)) = s.health_check {
-            if kind != ServiceType::LoadBalancer || external_traffic_policy != TrafficPolicy::Local
-            {
-                self.error(span, "`health-check-node-port` needs `type load-balancer` and `external-traffic-policy local`");
+            if kind != ServiceType::LoadBalancer || external_traffic_policy != TrafficPolicy::Local {
+                self.error(
+                    span,
+                    "`health-check-node-port` needs `type load-balancer` and `external-traffic-policy local`",
+                );
             } else {
                 self.claim_node_port(&name, Protocol::Tcp, port, span, "health-check node port");
             }
@@ -334,12 +287,7 @@ impl Checker {
             }
         }
         if !s.cluster_ip_given {
-            self.error(
-                q.span,
-                format!(
-                    "service `{name}` has no `cluster-ip`; headless services are not supported"
-                ),
-            );
+            self.error(q.span, format!("service `{name}` has no `cluster-ip`; headless services are not supported"));
         }
         let cluster_ips = self.cluster_ips(&name, &s.cluster_ips);
 
@@ -363,17 +311,7 @@ impl Checker {
                 .ports
                 .iter()
                 .enumerate()
-                .filter_map(|(i, p)| {
-                    p.target_name.map(|span| {
-                        (
-                            i,
-                            Origin {
-                                file: self.file,
-                                span,
-                            },
-                        )
-                    })
-                })
+                .filter_map(|(i, p)| p.target_name.map(|span| (i, Origin { file: self.file, span })))
                 .collect();
             self.named_targets.push(targets);
             self.out.services.push(service);
@@ -386,18 +324,14 @@ impl Checker {
             ("node-port", ServiceType::NodePort),
             ("load-balancer", ServiceType::LoadBalancer),
         ];
-        const POLICIES: &[(&str, TrafficPolicy)] = &[
-            ("cluster", TrafficPolicy::Cluster),
-            ("local", TrafficPolicy::Local),
-        ];
+        const POLICIES: &[(&str, TrafficPolicy)] =
+            &[("cluster", TrafficPolicy::Cluster), ("local", TrafficPolicy::Local)];
         const DISTRIBUTIONS: &[(&str, TrafficDistribution)] = &[
             ("prefer-same-zone", TrafficDistribution::PreferSameZone),
             ("prefer-same-node", TrafficDistribution::PreferSameNode),
         ];
-        const MODES: &[(&str, LoadBalancerIpMode)] = &[
-            ("proxy", LoadBalancerIpMode::Proxy),
-            ("vip", LoadBalancerIpMode::Vip),
-        ];
+        const MODES: &[(&str, LoadBalancerIpMode)] =
+            &[("proxy", LoadBalancerIpMode::Proxy), ("vip", LoadBalancerIpMode::Vip)];
 
         let kw = stmt.keyword;
         match &stmt.kind {
@@ -408,30 +342,24 @@ impl Checker {
             }
             ServiceStmt::ClusterIp(ws) => {
                 s.cluster_ip_given = true;
-                s.cluster_ips
-                    .extend(ws.iter().filter_map(|w| Some((self.address(w)?, w.span))));
+                s.cluster_ips.extend(ws.iter().filter_map(|w| Some((self.address(w)?, w.span))));
             }
             ServiceStmt::Port(p) => {
                 if let Some(port) = self.port_stmt(p) {
                     s.ports.push(port);
                 }
             }
-            ServiceStmt::ExternalIp(ws) => s
-                .external_ips
-                .extend(ws.iter().filter_map(|w| self.address(w))),
+            ServiceStmt::ExternalIp(ws) => s.external_ips.extend(ws.iter().filter_map(|w| self.address(w))),
             ServiceStmt::LoadBalancerIp { address, mode } => {
                 let mode = match mode {
                     Some(m) => self.choice(m, "load-balancer-ip mode", MODES),
                     None => Some(LoadBalancerIpMode::Vip),
                 };
                 if let (Some(address), Some(mode)) = (self.address(address), mode) {
-                    s.load_balancer_ips
-                        .push((LoadBalancerIp { address, mode }, kw));
+                    s.load_balancer_ips.push((LoadBalancerIp { address, mode }, kw));
                 }
             }
-            ServiceStmt::SourceRanges(ws) => s
-                .source_ranges
-                .extend(ws.iter().filter_map(|w| self.cidr(w))),
+            ServiceStmt::SourceRanges(ws) => s.source_ranges.extend(ws.iter().filter_map(|w| self.cidr(w))),
             ServiceStmt::ExternalTrafficPolicy(w) => {
                 if self.once(once, "external-traffic-policy", kw) {
                     s.external = self.choice(w, "traffic policy", POLICIES);
@@ -473,20 +401,14 @@ impl Checker {
                 if d.as_secs() == 0 || d.as_secs() > MAX_AFFINITY_TIMEOUT {
                     self.error(
                         t.span,
-                        format!(
-                            "session affinity timeout `{}` is out of range: 1s to 86400s (24h)",
-                            t.text
-                        ),
+                        format!("session affinity timeout `{}` is out of range: 1s to 86400s (24h)", t.text),
                     );
                     return None;
                 }
                 Some(d)
             }
             (other, _) => {
-                self.error(
-                    mode.span,
-                    format!("unknown session affinity `{other}`; expected `none` or `client-ip`"),
-                );
+                self.error(mode.span, format!("unknown session affinity `{other}`; expected `none` or `client-ip`"));
                 None
             }
         }
@@ -510,9 +432,7 @@ impl Checker {
                     } else if w.text.bytes().all(|b| b.is_ascii_digit()) {
                         target = self.port(w).map(TargetPort::Number);
                     } else {
-                        target = self
-                            .name(w, "target port name", MAX_NAME)
-                            .map(TargetPort::Name);
+                        target = self.name(w, "target port name", MAX_NAME).map(TargetPort::Name);
                         target_name = Some(w.span);
                     }
                 }
@@ -541,44 +461,24 @@ impl Checker {
         })
     }
 
-    fn service_ports(
-        &mut self,
-        service: &ServiceName,
-        kind: ServiceType,
-        drafts: &[PortDraft],
-    ) -> Vec<ServicePort> {
+    fn service_ports(&mut self, service: &ServiceName, kind: ServiceType, drafts: &[PortDraft]) -> Vec<ServicePort> {
         let mut names = HashSet::new();
         let mut specs = HashSet::new();
         for d in drafts {
             let p = &d.port;
             if let (Some(name), Some(span)) = (&p.name, d.name_span) {
                 if !names.insert(name.clone()) {
-                    self.error(
-                        span,
-                        format!("port name `{name}` is already used in this service"),
-                    );
+                    self.error(span, format!("port name `{name}` is already used in this service"));
                 }
             } else if drafts.len() > 1 {
-                self.error(
-                    d.spec,
-                    "this port needs a name: the service has more than one port",
-                );
+                self.error(d.spec, "this port needs a name: the service has more than one port");
             }
             if !specs.insert((p.port, p.protocol)) {
-                self.error(
-                    d.spec,
-                    format!(
-                        "port {}/{} is already declared in this service",
-                        p.port, p.protocol
-                    ),
-                );
+                self.error(d.spec, format!("port {}/{} is already declared in this service", p.port, p.protocol));
             }
             if let (Some(node_port), Some(span)) = (p.node_port, d.node_port_span) {
                 if kind == ServiceType::ClusterIp {
-                    self.error(
-                        span,
-                        "`node-port` needs `type node-port` or `type load-balancer`",
-                    );
+                    self.error(span, "`node-port` needs `type node-port` or `type load-balancer`");
                 } else {
                     self.claim_node_port(service, p.protocol, node_port, span, "node port");
                 }
@@ -588,39 +488,22 @@ impl Checker {
     }
 
     /// Checks a node port against the range and claims it for `service`.
-    fn claim_node_port(
-        &mut self,
-        service: &ServiceName,
-        protocol: Protocol,
-        port: NonZeroU16,
-        span: Span,
-        what: &str,
-    ) {
+    fn claim_node_port(&mut self, service: &ServiceName, protocol: Protocol, port: NonZeroU16, span: Span, what: &str) {
         let (first, last) = self.out.cluster.node_port_range;
         if !(first..=last).contains(&port.get()) {
-            self.error(
-                span,
-                format!("{what} {port} is outside the node-port-range {first}-{last}"),
-            );
+            self.error(span, format!("{what} {port} is outside the node-port-range {first}-{last}"));
             return;
         }
         match self.node_ports.get(&(protocol, port.get())) {
             Some(owner) if owner == service => {
-                self.error(
-                    span,
-                    format!("node port {port}/{protocol} is already used in this service"),
-                );
+                self.error(span, format!("node port {port}/{protocol} is already used in this service"));
             }
             Some(owner) => {
                 let owner = owner.clone();
-                self.error(
-                    span,
-                    format!("node port {port}/{protocol} is already used by service `{owner}`"),
-                );
+                self.error(span, format!("node port {port}/{protocol} is already used by service `{owner}`"));
             }
             None => {
-                self.node_ports
-                    .insert((protocol, port.get()), service.clone());
+                self.node_ports.insert((protocol, port.get()), service.clone());
             }
         }
     }
@@ -632,38 +515,20 @@ impl Checker {
             if out.iter().any(|a| Family::of(*a) == family) {
                 self.error(
                     span,
-                    format!(
-                        "a second {} cluster IP; a service has at most one per family",
-                        family_name(family)
-                    ),
+                    format!("a second {} cluster IP; a service has at most one per family", family_name(family)),
                 );
                 continue;
             }
-            let cidrs: Vec<IpNet> = self
-                .out
-                .cluster
-                .service_cidrs
-                .iter()
-                .filter(|n| Family::of_net(n) == family)
-                .copied()
-                .collect();
+            let cidrs: Vec<IpNet> =
+                self.out.cluster.service_cidrs.iter().filter(|n| Family::of_net(n) == family).copied().collect();
             if !cidrs.is_empty() && !cidrs.iter().any(|n| n.contains(&ip)) {
                 let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
-                self.error(
-                    span,
-                    format!(
-                        "cluster IP {ip} is outside the service CIDR {}",
-                        list.join(", ")
-                    ),
-                );
+                self.error(span, format!("cluster IP {ip} is outside the service CIDR {}", list.join(", ")));
             }
             match self.cluster_ips.get(&ip) {
                 Some(owner) if owner != service => {
                     let owner = owner.clone();
-                    self.error(
-                        span,
-                        format!("cluster IP {ip} is already used by service `{owner}`"),
-                    );
+                    self.error(span, format!("cluster IP {ip} is already used by service `{owner}`"));
                 }
                 _ => {
                     self.cluster_ips.insert(ip, service.clone());
@@ -678,33 +543,21 @@ impl Checker {
 
     fn endpoints(&mut self, q: &QualifiedName, body: &[Stmt<EndpointsStmt>]) {
         let name = self.service_name(q);
-        let index = name
-            .as_ref()
-            .and_then(|n| self.out.services.iter().position(|s| &s.name == n));
+        let index = name.as_ref().and_then(|n| self.out.services.iter().position(|s| &s.name == n));
         match (&name, index) {
-            (Some(n), None) => self.error(
-                q.span,
-                format!("no service `{n}` is declared for these endpoints"),
-            ),
+            (Some(n), None) => self.error(q.span, format!("no service `{n}` is declared for these endpoints")),
             (Some(n), Some(i)) if !self.with_endpoints.insert(i) => {
-                self.error(
-                    q.span,
-                    format!("service `{n}` already has an `endpoints` block"),
-                );
+                self.error(q.span, format!("service `{n}` already has an `endpoints` block"));
             }
             _ => {}
         }
-        let ports: Vec<ServicePort> = index
-            .map(|i| self.out.services[i].ports.clone())
-            .unwrap_or_default();
+        let ports: Vec<ServicePort> = index.map(|i| self.out.services[i].ports.clone()).unwrap_or_default();
         let mut block = Endpoints::default();
         let mut addresses = HashSet::new();
         for stmt in body {
             match &stmt.kind {
                 EndpointsStmt::Port { name, port } => {
-                    if let Some(p) =
-                        self.endpoint_port(name.as_ref(), port, &ports, index.is_some(), &block)
-                    {
+                    if let Some(p) = self.endpoint_port(name.as_ref(), port, &ports, index.is_some(), &block) {
                         block.ports.push(p);
                     }
                 }
@@ -715,10 +568,7 @@ impl Checker {
                         } else {
                             self.error(
                                 e.address.span,
-                                format!(
-                                    "endpoint {} is already listed in this block",
-                                    endpoint.address
-                                ),
+                                format!("endpoint {} is already listed in this block", endpoint.address),
                             );
                         }
                     }
@@ -754,26 +604,20 @@ impl Checker {
             }
             None => {
                 if service_known && !matches!(ports, [p] if p.name.is_none()) {
-                    self.error(port.span, "`port PORT` without a name fits only a service with one unnamed port; write `port NAME PORT`");
+                    self.error(
+                        port.span,
+                        "`port PORT` without a name fits only a service with one unnamed port; write `port NAME PORT`",
+                    );
                     return None;
                 }
                 None
             }
         };
         if block.ports.iter().any(|p| p.name == name) {
-            self.error(
-                port.span,
-                format!(
-                    "the endpoint port for {} is already given",
-                    describe_port(name.as_deref())
-                ),
-            );
+            self.error(port.span, format!("the endpoint port for {} is already given", describe_port(name.as_deref())));
             return None;
         }
-        Some(EndpointPort {
-            name,
-            port: number?,
-        })
+        Some(EndpointPort { name, port: number? })
     }
 
     fn endpoint(&mut self, e: &EndpointStmt) -> Option<Endpoint> {
@@ -805,23 +649,13 @@ impl Checker {
                     hint_zones.extend(ws.iter().filter_map(|w| self.name(w, "zone", MAX_NAME)));
                 }
                 EndpointOption::HintNodes(ws) => {
-                    hint_nodes.extend(
-                        ws.iter()
-                            .filter_map(|w| self.name(w, "node name", MAX_NODE_NAME)),
-                    );
+                    hint_nodes.extend(ws.iter().filter_map(|w| self.name(w, "node name", MAX_NODE_NAME)));
                 }
                 EndpointOption::Condition(w) => conditions.push(w),
             }
         }
         let conditions = self.conditions(&conditions)?;
-        Some(Endpoint {
-            address: address?,
-            node,
-            zone,
-            conditions,
-            hint_zones,
-            hint_nodes,
-        })
+        Some(Endpoint { address: address?, node, zone, conditions, hint_zones, hint_nodes })
     }
 
     /// EndpointSlice conditions: `terminating` implies not ready but serving unless
@@ -838,8 +672,7 @@ impl Checker {
             } else if given.contains(&text) {
                 self.error(w.span, format!("condition `{text}` is given twice"));
                 ok = false;
-            } else if let Some(other) = given.iter().find(|g| (**g == "ready") != (text == "ready"))
-            {
+            } else if let Some(other) = given.iter().find(|g| (**g == "ready") != (text == "ready")) {
                 // `ready` excludes every other condition.
                 self.error(w.span, format!("condition `{text}` contradicts `{other}`"));
                 ok = false;
@@ -865,10 +698,7 @@ impl Checker {
         for (service, targets) in self.out.services.iter().zip(&self.named_targets) {
             for (index, origin) in targets {
                 let port = &service.ports[*index];
-                let resolved = service
-                    .endpoints
-                    .as_ref()
-                    .is_some_and(|e| e.ports.iter().any(|p| p.name == port.name));
+                let resolved = service.endpoints.as_ref().is_some_and(|e| e.ports.iter().any(|p| p.name == port.name));
                 if !resolved {
                     let Some(TargetPort::Name(target)) = &port.target else {
                         continue;
@@ -893,10 +723,7 @@ impl Checker {
     /// Reports a repeated single-valued statement; true the first time.
     fn once(&mut self, seen: &mut Once, keyword: &'static str, span: Span) -> bool {
         if seen.0.contains(&keyword) {
-            self.error(
-                span,
-                format!("`{keyword}` is given twice; it takes a single value"),
-            );
+            self.error(span, format!("`{keyword}` is given twice; it takes a single value"));
             return false;
         }
         seen.0.push(keyword);
@@ -905,9 +732,7 @@ impl Checker {
 
     fn name(&mut self, w: &Word, what: &str, max: usize) -> Option<String> {
         let text = w.text.as_str();
-        let chars_ok = text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let chars_ok = text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         let ends_ok = text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && text.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !chars_ok || !ends_ok {
@@ -915,13 +740,7 @@ impl Checker {
             return None;
         }
         if text.len() > max {
-            self.error(
-                w.span,
-                format!(
-                    "{what} is {} characters long; at most {max} are allowed",
-                    text.len()
-                ),
-            );
+            self.error(w.span, format!("{what} is {} characters long; at most {max} are allowed", text.len()));
             return None;
         }
         Some(text.to_owned())
@@ -931,10 +750,7 @@ impl Checker {
         match w.text.parse() {
             Ok(a) => Some(a),
             Err(_) if w.text.contains('/') => {
-                self.error(
-                    w.span,
-                    format!("expected an address, found the CIDR `{}`", w.text),
-                );
+                self.error(w.span, format!("expected an address, found the CIDR `{}`", w.text));
                 None
             }
             Err(_) => {
@@ -955,14 +771,7 @@ impl Checker {
             return None;
         };
         if net.trunc() != net {
-            self.error(
-                w.span,
-                format!(
-                    "CIDR `{}` has host bits set; did you mean `{}`?",
-                    w.text,
-                    net.trunc()
-                ),
-            );
+            self.error(w.span, format!("CIDR `{}` has host bits set; did you mean `{}`?", w.text, net.trunc()));
             return None;
         }
         Some(net)
@@ -970,13 +779,7 @@ impl Checker {
 
     fn port(&mut self, w: &Word) -> Option<NonZeroU16> {
         if w.text.is_empty() || !w.text.bytes().all(|b| b.is_ascii_digit()) {
-            self.error(
-                w.span,
-                format!(
-                    "invalid port `{}`; expected a number from 1 to 65535",
-                    w.text
-                ),
-            );
+            self.error(w.span, format!("invalid port `{}`; expected a number from 1 to 65535", w.text));
             return None;
         }
         let port = w.text.parse::<u16>().ok().and_then(NonZeroU16::new);
@@ -987,15 +790,7 @@ impl Checker {
     }
 
     fn protocol(&mut self, w: &Word) -> Option<Protocol> {
-        self.choice(
-            w,
-            "protocol",
-            &[
-                ("tcp", Protocol::Tcp),
-                ("udp", Protocol::Udp),
-                ("sctp", Protocol::Sctp),
-            ],
-        )
+        self.choice(w, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp), ("sctp", Protocol::Sctp)])
     }
 
     fn switch(&mut self, w: &Word) -> Option<bool> {
@@ -1012,10 +807,7 @@ impl Checker {
             Some((last, init)) => format!("{} or {last}", init.join(", ")),
             None => String::new(),
         };
-        self.error(
-            w.span,
-            format!("unknown {what} `{}`; expected {expected}", w.text),
-        );
+        self.error(w.span, format!("unknown {what} `{}`; expected {expected}", w.text));
         None
     }
 
@@ -1039,7 +831,12 @@ impl Checker {
                 None
             }
             None => {
-                self.error(w.span, format!("invalid duration `{text}`; expected a number with an optional unit s, m or h (e.g. 10800, 3h)"));
+                self.error(
+                    w.span,
+                    format!(
+                        "invalid duration `{text}`; expected a number with an optional unit s, m or h (e.g. 10800, 3h)"
+                    ),
+                );
                 None
             }
         }

@@ -35,19 +35,11 @@ pub struct Diagnostics(Vec<Diagnostic>);
 
 impl Diagnostics {
     pub fn push(&mut self, severity: Severity, file: usize, span: Span, message: String) {
-        self.0.push(Diagnostic {
-            severity,
-            file,
-            span,
-            message,
-        });
+        self.0.push(Diagnostic { severity, file, span, message });
     }
 
     pub fn errors(&self) -> usize {
-        self.0
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count()
+        self.0.iter().filter(|d| d.severity == Severity::Error).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,19 +74,11 @@ fn render_one(db: &SimpleFiles<&str, &str>, d: &Diagnostic, out: &mut String) {
         Severity::Error => "error",
         Severity::Warning => "warning",
     };
-    let (Ok(name), Ok(text), Ok(loc)) = (
-        db.name(d.file),
-        db.source(d.file),
-        db.location(d.file, d.span.start),
-    ) else {
+    let (Ok(name), Ok(text), Ok(loc)) = (db.name(d.file), db.source(d.file), db.location(d.file, d.span.start)) else {
         let _ = writeln!(out, "{severity}: {}", d.message);
         return;
     };
-    let _ = writeln!(
-        out,
-        "{name}:{}:{}: {severity}: {}",
-        loc.line_number, loc.column_number, d.message
-    );
+    let _ = writeln!(out, "{name}:{}:{}: {severity}: {}", loc.line_number, loc.column_number, d.message);
     let Ok(range) = db.line_range(d.file, loc.line_number - 1) else {
         return;
     };
@@ -103,10 +87,7 @@ fn render_one(db: &SimpleFiles<&str, &str>, d: &Diagnostic, out: &mut String) {
     let before = line.get(..offset(d.span.start)).unwrap_or(line);
     let marked = line.get(before.len()..offset(d.span.end)).unwrap_or("");
     // Tabs are kept so the caret lines up under the text whatever the tab width.
-    let pad: String = before
-        .chars()
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
-        .collect();
+    let pad: String = before.chars().map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
     let carets = "^".repeat(marked.chars().count().max(1));
     let _ = writeln!(out, "{line}\n{pad}{carets}");
 }

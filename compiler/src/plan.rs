@@ -346,7 +346,9 @@ struct Categories<'a> {
 fn categorize<'a>(policy: &Policy, node: &Node, svc: &Service, endpoints: &[&'a Endpoint]) -> Categories<'a> {
     let external_local = svc.externally_accessible() && svc.external_traffic_policy == TrafficPolicy::Local;
     let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
-    let uses_cluster = !external_local || !internal_local;
+    // kube-proxy's `UsesClusterEndpoints`, less the case where nothing would reach
+    // the cluster-wide chain (a ClusterIP service with internal policy local).
+    let uses_cluster = !internal_local || (svc.externally_accessible() && !external_local);
     let uses_local = external_local || internal_local;
     let is_local = |e: &Endpoint| e.node.as_deref() == Some(node.name.as_str());
 

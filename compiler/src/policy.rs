@@ -76,10 +76,7 @@ pub struct Node {
 impl Node {
     /// The primary address of one family: the first `address` of it.
     pub fn primary(&self, family: Family) -> Option<IpAddr> {
-        self.addresses
-            .iter()
-            .copied()
-            .find(|a| Family::of(*a) == family)
+        self.addresses.iter().copied().find(|a| Family::of(*a) == family)
     }
 
     /// Every address this node owns: `address` then `local-address`.
@@ -250,11 +247,7 @@ pub struct Conditions {
 }
 
 impl Conditions {
-    pub const READY: Conditions = Conditions {
-        ready: true,
-        serving: true,
-        terminating: false,
-    };
+    pub const READY: Conditions = Conditions { ready: true, serving: true, terminating: false };
 
     /// Terminating but still serving: used only when nothing ready exists.
     pub fn serving_terminating(self) -> bool {

@@ -6,8 +6,8 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 
 use svcnft_compiler::policy::{
-    Conditions, LoadBalancerIpMode, NodePortAddresses, Protocol, ServiceType, TargetPort,
-    TrafficDistribution, TrafficPolicy,
+    Conditions, LoadBalancerIpMode, NodePortAddresses, Protocol, ServiceType, TargetPort, TrafficDistribution,
+    TrafficPolicy,
 };
 use svcnft_compiler::{check, Checked, SourceFile};
 
@@ -15,13 +15,7 @@ const LAB: &str = include_str!("../../examples/source-ip-lab.svc");
 const FULL: &str = include_str!("inputs/full.svc");
 
 fn files(sources: &[(&str, &str)]) -> Vec<SourceFile> {
-    sources
-        .iter()
-        .map(|(name, text)| SourceFile {
-            name: (*name).to_owned(),
-            text: (*text).to_owned(),
-        })
-        .collect()
+    sources.iter().map(|(name, text)| SourceFile { name: (*name).to_owned(), text: (*text).to_owned() }).collect()
 }
 
 fn valid(text: &str) -> Checked {
@@ -117,14 +111,8 @@ fn several_errors_are_all_reported() {
 #[test]
 fn errors_in_several_files_and_cross_file_rules() {
     let out = invalid(&[
-        (
-            "a.svc",
-            "cluster { masquerade-all on }\nservice a/b { cluster-ip 10.0.0.1; port 80/tcp }\n",
-        ),
-        (
-            "b.svc",
-            "cluster { masquerade-all off }\nservice a/c { cluster-ip 10.0.0.1; port 80/tcp }\n",
-        ),
+        ("a.svc", "cluster { masquerade-all on }\nservice a/b { cluster-ip 10.0.0.1; port 80/tcp }\n"),
+        ("b.svc", "cluster { masquerade-all off }\nservice a/c { cluster-ip 10.0.0.1; port 80/tcp }\n"),
     ]);
     insta::with_settings!({ snapshot_path => "../../snapshots/diagnostics", prepend_module_to_snapshot => false }, {
         insta::assert_snapshot!("several_files", out);
@@ -176,18 +164,13 @@ fn worked_example_builds_the_lab_policy() {
     assert_eq!(p.nodes[1].pod_cidrs, ["10.244.2.0/24".parse().unwrap()]);
     assert_eq!(p.nodes[1].zone, None);
 
-    let [clusterip, nodeport, lb] = p.services.as_slice() else {
-        panic!("three services")
-    };
+    let [clusterip, nodeport, lb] = p.services.as_slice() else { panic!("three services") };
     assert_eq!(clusterip.name.to_string(), "default/clusterip");
     assert_eq!(clusterip.kind, ServiceType::ClusterIp);
     assert_eq!(clusterip.cluster_ips, [ip("10.0.170.92")]);
     assert_eq!(clusterip.ports.len(), 1);
     let cp = &clusterip.ports[0];
-    assert_eq!(
-        (cp.name.as_deref(), cp.port, cp.protocol),
-        (None, port(80), Protocol::Tcp)
-    );
+    assert_eq!((cp.name.as_deref(), cp.port, cp.protocol), (None, port(80), Protocol::Tcp));
     assert_eq!(cp.target, Some(TargetPort::Number(port(8080))));
     assert_eq!(cp.node_port, None);
     assert_eq!(clusterip.external_traffic_policy, TrafficPolicy::Cluster);
@@ -209,10 +192,7 @@ fn worked_example_builds_the_lab_policy() {
     assert!(lb.source_ranges.is_empty());
 
     for s in &p.services {
-        let e = s
-            .endpoints
-            .as_ref()
-            .expect("every lab service has endpoints");
+        let e = s.endpoints.as_ref().expect("every lab service has endpoints");
         assert!(e.ports.is_empty());
         assert_eq!(e.endpoints.len(), 1);
         assert_eq!(e.endpoints[0].address, ip("10.244.1.5"));
@@ -254,20 +234,13 @@ fn full_example_reads_every_statement() {
     assert_eq!(s.internal_traffic_policy, TrafficPolicy::Cluster);
     assert_eq!(s.health_check_node_port, Some(port(32122)));
     assert_eq!(s.session_affinity, Some(Duration::from_secs(3 * 3600)));
-    assert_eq!(
-        s.traffic_distribution,
-        Some(TrafficDistribution::PreferSameZone)
-    );
+    assert_eq!(s.traffic_distribution, Some(TrafficDistribution::PreferSameZone));
 
     let e = s.endpoints.as_ref().expect("endpoints");
     assert_eq!(e.ports[0].name.as_deref(), Some("http"));
     assert_eq!(e.ports[0].port, port(8080));
     let conditions: Vec<Conditions> = e.endpoints.iter().map(|e| e.conditions).collect();
-    let c = |ready, serving, terminating| Conditions {
-        ready,
-        serving,
-        terminating,
-    };
+    let c = |ready, serving, terminating| Conditions { ready, serving, terminating };
     assert_eq!(
         conditions,
         [
@@ -294,25 +267,13 @@ fn defaults_and_options() {
     .policy;
     assert_eq!(
         p.cluster.node_port_addresses,
-        NodePortAddresses::Cidrs(vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "fd00::/8".parse().unwrap()
-        ])
+        NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()])
     );
     assert_eq!(p.cluster.node_port_range, (1000, 2000));
     assert!(p.cluster.masquerade_all);
-    assert_eq!(
-        p.services[0].session_affinity,
-        Some(Duration::from_secs(10800))
-    );
-    assert_eq!(
-        p.services[1].session_affinity,
-        Some(Duration::from_secs(86400))
-    );
-    assert_eq!(
-        p.services[1].traffic_distribution,
-        Some(TrafficDistribution::PreferSameNode)
-    );
+    assert_eq!(p.services[0].session_affinity, Some(Duration::from_secs(10800)));
+    assert_eq!(p.services[1].session_affinity, Some(Duration::from_secs(86400)));
+    assert_eq!(p.services[1].traffic_distribution, Some(TrafficDistribution::PreferSameNode));
     assert_eq!(p.services[1].internal_traffic_policy, TrafficPolicy::Local);
     assert_eq!(p.services[2].session_affinity, None);
     assert!(p.services[2].externally_accessible());
@@ -328,10 +289,7 @@ fn node_ports_of_different_protocols_may_share_a_number() {
 fn items_may_come_in_any_order_and_from_several_files() {
     let files = files(&[
         ("1.svc", "endpoints a/b { endpoint 10.1.0.1 node n1 }\n"),
-        (
-            "2.svc",
-            "service a/b { cluster-ip 10.96.0.1; port 80/tcp }\nnode n1 { address 10.0.0.1 }\n",
-        ),
+        ("2.svc", "service a/b { cluster-ip 10.96.0.1; port 80/tcp }\nnode n1 { address 10.0.0.1 }\n"),
         ("3.svc", "cluster { service-cidr 10.96.0.0/12 }\n"),
     ]);
     let checked = check(&files).expect("valid");

@@ -94,10 +94,7 @@ fn unusable_endpoints_only_means_reject() {
 
 #[test]
 fn no_endpoints_block_rejects_internal_and_external_traffic() {
-    let p = port(
-        "service default/np { type node-port; cluster-ip 10.96.0.11; port 80/tcp node-port 30080 }",
-        "node-1",
-    );
+    let p = port("service default/np { type node-port; cluster-ip 10.96.0.11; port 80/tcp node-port 30080 }", "node-1");
     assert_eq!(p.internal, Route::Refuse(Refusal::Reject));
     assert_eq!(p.external, Some(ExternalRoute::Reject));
 }
@@ -194,7 +191,8 @@ fn internal_local_without_local_endpoints_drops_cluster_ip_traffic() {
 fn both_policies_local_do_not_short_circuit() {
     let policy = format!(
         "{}\nendpoints default/np {{ endpoint 10.244.1.5 node node-1 }}",
-        LOCAL_NP.replace("external-traffic-policy local", "external-traffic-policy local\ninternal-traffic-policy local")
+        LOCAL_NP
+            .replace("external-traffic-policy local", "external-traffic-policy local\ninternal-traffic-policy local")
     );
     let p = port(&policy, "node-1");
     assert!(p.cluster_endpoints.is_empty());
@@ -327,7 +325,11 @@ fn source_ranges_allow_load_balancer_ips_when_a_node_address_is_inside() {
     };
     let outside = port(&svc("203.0.113.0/24"), "node-1");
     assert!(!outside.allow_from_lb_ips);
-    assert_eq!(outside.load_balancer_ips, vec!["198.51.100.140".parse::<IpAddr>().unwrap()], "proxy mode is not programmed");
+    assert_eq!(
+        outside.load_balancer_ips,
+        vec!["198.51.100.140".parse::<IpAddr>().unwrap()],
+        "proxy mode is not programmed"
+    );
     assert!(port(&svc("203.0.113.0/24 10.240.0.0/24"), "node-1").allow_from_lb_ips);
 }
 

@@ -40,10 +40,7 @@ pub struct Word {
 
 impl Word {
     fn of(pair: &Pair<'_, Rule>) -> Word {
-        Word {
-            text: pair.as_str().to_owned(),
-            span: Span::of(pair),
-        }
+        Word { text: pair.as_str().to_owned(), span: Span::of(pair) }
     }
 }
 
@@ -73,18 +70,9 @@ pub struct Item {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemKind {
     Cluster(Vec<Stmt<ClusterStmt>>),
-    Node {
-        name: Word,
-        body: Vec<Stmt<NodeStmt>>,
-    },
-    Service {
-        name: QualifiedName,
-        body: Vec<Stmt<ServiceStmt>>,
-    },
-    Endpoints {
-        name: QualifiedName,
-        body: Vec<Stmt<EndpointsStmt>>,
-    },
+    Node { name: Word, body: Vec<Stmt<NodeStmt>> },
+    Service { name: QualifiedName, body: Vec<Stmt<ServiceStmt>> },
+    Endpoints { name: QualifiedName, body: Vec<Stmt<EndpointsStmt>> },
 }
 
 /// A statement inside a block.
@@ -185,12 +173,7 @@ pub fn parse(text: &str) -> Result<File, SyntaxError> {
     let mut pairs = Grammar::parse(Rule::file, text).map_err(|e| syntax_error(text, e))?;
     let items = pairs
         .next()
-        .map(|file| {
-            file.into_inner()
-                .filter(|p| !punctuation(p) && p.as_rule() != Rule::EOI)
-                .map(item)
-                .collect()
-        })
+        .map(|file| file.into_inner().filter(|p| !punctuation(p) && p.as_rule() != Rule::EOI).map(item).collect())
         .unwrap_or_default();
     Ok(File { items })
 }
@@ -207,31 +190,18 @@ fn item(pair: Pair<'_, Rule>) -> Item {
         Rule::cluster => ItemKind::Cluster(inner.map(|p| stmt(p, cluster_stmt)).collect()),
         Rule::node => {
             let name = Word::of(&inner.next().expect(SHAPE));
-            ItemKind::Node {
-                name,
-                body: inner.map(|p| stmt(p, node_stmt)).collect(),
-            }
+            ItemKind::Node { name, body: inner.map(|p| stmt(p, node_stmt)).collect() }
         }
         Rule::service => {
             let name = qname(inner.next().expect(SHAPE));
-            ItemKind::Service {
-                name,
-                body: inner.map(|p| stmt(p, service_stmt)).collect(),
-            }
+            ItemKind::Service { name, body: inner.map(|p| stmt(p, service_stmt)).collect() }
         }
         _ => {
             let name = qname(inner.next().expect(SHAPE));
-            ItemKind::Endpoints {
-                name,
-                body: inner.map(|p| stmt(p, endpoints_stmt)).collect(),
-            }
+            ItemKind::Endpoints { name, body: inner.map(|p| stmt(p, endpoints_stmt)).collect() }
         }
     };
-    Item {
-        keyword,
-        span,
-        kind,
-    }
+    Item { keyword, span, kind }
 }
 
 fn qname(pair: Pair<'_, Rule>) -> QualifiedName {
@@ -239,11 +209,7 @@ fn qname(pair: Pair<'_, Rule>) -> QualifiedName {
     let mut parts = pair.into_inner().map(|p| Word::of(&p));
     let namespace = parts.next().expect(SHAPE);
     let name = parts.next().expect(SHAPE);
-    QualifiedName {
-        namespace,
-        name,
-        span,
-    }
+    QualifiedName { namespace, name, span }
 }
 
 /// Separators and braces: structure the grammar needs but the AST does not keep.
@@ -259,11 +225,7 @@ fn stmt<T>(pair: Pair<'_, Rule>, build: fn(Rule, Vec<Pair<'_, Rule>>) -> T) -> S
     let keyword = Span::of(&inner.next().expect(SHAPE));
     let args: Vec<_> = inner.collect();
     let end = args.last().map_or(keyword.end, |p| p.as_span().end());
-    Stmt {
-        keyword,
-        span: Span::new(keyword.start, end),
-        kind: build(rule, args),
-    }
+    Stmt { keyword, span: Span::new(keyword.start, end), kind: build(rule, args) }
 }
 
 fn words(args: &[Pair<'_, Rule>]) -> Vec<Word> {
@@ -299,20 +261,16 @@ fn service_stmt(rule: Rule, args: Vec<Pair<'_, Rule>>) -> ServiceStmt {
         Rule::cluster_ip => ServiceStmt::ClusterIp(words(&args)),
         Rule::port => ServiceStmt::Port(port_stmt(args)),
         Rule::external_ip => ServiceStmt::ExternalIp(words(&args)),
-        Rule::load_balancer_ip => ServiceStmt::LoadBalancerIp {
-            address: first(&args),
-            mode: args.get(1).map(Word::of),
-        },
+        Rule::load_balancer_ip => {
+            ServiceStmt::LoadBalancerIp { address: first(&args), mode: args.get(1).map(Word::of) }
+        }
         Rule::source_ranges => ServiceStmt::SourceRanges(words(&args)),
         Rule::external_traffic_policy => ServiceStmt::ExternalTrafficPolicy(first(&args)),
         Rule::internal_traffic_policy => ServiceStmt::InternalTrafficPolicy(first(&args)),
         Rule::health_check_node_port => ServiceStmt::HealthCheckNodePort(first(&args)),
         Rule::session_affinity => ServiceStmt::SessionAffinity {
             mode: first(&args),
-            timeout: args
-                .iter()
-                .find(|p| p.as_rule() == Rule::timeout)
-                .map(Word::of),
+            timeout: args.iter().find(|p| p.as_rule() == Rule::timeout).map(Word::of),
         },
         _ => ServiceStmt::TrafficDistribution(first(&args)),
     }
@@ -334,12 +292,7 @@ fn port_stmt(args: Vec<Pair<'_, Rule>>) -> PortStmt {
         }
     }
     let (port, protocol) = number.expect(SHAPE);
-    PortStmt {
-        name,
-        port,
-        protocol,
-        options,
-    }
+    PortStmt { name, port, protocol, options }
 }
 
 /// The value of a `keyword value` option.
@@ -351,10 +304,7 @@ fn endpoints_stmt(rule: Rule, args: Vec<Pair<'_, Rule>>) -> EndpointsStmt {
     if rule == Rule::endpoint_port {
         let mut values = words(&args);
         let port = values.pop().expect(SHAPE);
-        return EndpointsStmt::Port {
-            name: values.pop(),
-            port,
-        };
+        return EndpointsStmt::Port { name: values.pop(), port };
     }
     let mut args = args.into_iter();
     let address = Word::of(&args.next().expect(SHAPE));
@@ -383,15 +333,9 @@ fn syntax_error(text: &str, err: pest::error::Error<Rule>) -> SyntaxError {
         pest::error::InputLocation::Span((s, _)) => s,
     };
     let rest = text.get(start..).unwrap_or("");
-    let len = rest
-        .char_indices()
-        .find(|&(_, c)| c.is_whitespace() || ";{}#".contains(c))
-        .map_or(rest.len(), |(i, _)| i);
-    let len = if len == 0 {
-        rest.chars().next().map_or(0, char::len_utf8)
-    } else {
-        len
-    };
+    let len =
+        rest.char_indices().find(|&(_, c)| c.is_whitespace() || ";{}#".contains(c)).map_or(rest.len(), |(i, _)| i);
+    let len = if len == 0 { rest.chars().next().map_or(0, char::len_utf8) } else { len };
     let found = match &rest[..len] {
         "" => "end of file".to_owned(),
         "\n" | "\r" => "end of line".to_owned(),
@@ -410,10 +354,7 @@ fn syntax_error(text: &str, err: pest::error::Error<Rule>) -> SyntaxError {
         [one] => format!("expected {one}, found {found}"),
         [init @ .., last] => format!("expected {} or {last}, found {found}", init.join(", ")),
     };
-    SyntaxError {
-        span: Span::new(start, start + len),
-        message,
-    }
+    SyntaxError { span: Span::new(start, start + len), message }
 }
 
 /// How a grammar rule is named in a syntax error.
@@ -436,9 +377,7 @@ fn describe(rule: Rule) -> &'static str {
         | Rule::kw_node_port_addresses
         | Rule::kw_node_port_range
         | Rule::kw_masquerade_all => "a cluster statement",
-        Rule::kw_address | Rule::kw_local_address | Rule::kw_pod_cidr | Rule::kw_zone => {
-            "a node statement"
-        }
+        Rule::kw_address | Rule::kw_local_address | Rule::kw_pod_cidr | Rule::kw_zone => "a node statement",
         Rule::kw_type
         | Rule::kw_cluster_ip
         | Rule::kw_port

@@ -17,20 +17,14 @@ fn empty_and_comment_only_files() {
 #[test]
 fn one_line_block_with_semicolons() {
     let file = parse("node n1 { address 10.0.0.1 fd00::1; pod-cidr 10.1.0.0/24 }").unwrap();
-    let [item] = file.items.as_slice() else {
-        panic!("one item")
-    };
+    let [item] = file.items.as_slice() else { panic!("one item") };
     assert_eq!(item.keyword, Span::new(0, 4));
-    let ItemKind::Node { name, body } = &item.kind else {
-        panic!("a node")
-    };
+    let ItemKind::Node { name, body } = &item.kind else { panic!("a node") };
     assert_eq!(name.text, "n1");
     assert_eq!(name.span, Span::new(5, 7));
     assert_eq!(body.len(), 2);
     assert_eq!(body[0].kind, NodeStmt::Address(body_words(&body[0])));
-    let NodeStmt::Address(addrs) = &body[0].kind else {
-        panic!("address")
-    };
+    let NodeStmt::Address(addrs) = &body[0].kind else { panic!("address") };
     assert_eq!(texts(addrs), ["10.0.0.1", "fd00::1"]);
     assert_eq!(body[1].span, Span::new(36, 56));
 }
@@ -44,54 +38,27 @@ fn body_words(stmt: &Stmt<NodeStmt>) -> Vec<Word> {
 
 #[test]
 fn statement_ends_at_closing_brace_and_comments() {
-    let file =
-        parse("cluster { # c\n  masquerade-all on # why\n\n  node-port-range 1-2 }\n").unwrap();
-    let ItemKind::Cluster(body) = &file.items[0].kind else {
-        panic!("cluster")
-    };
+    let file = parse("cluster { # c\n  masquerade-all on # why\n\n  node-port-range 1-2 }\n").unwrap();
+    let ItemKind::Cluster(body) = &file.items[0].kind else { panic!("cluster") };
     assert_eq!(body.len(), 2);
     assert!(matches!(&body[1].kind, ClusterStmt::NodePortRange(w) if w.text == "1-2"));
 }
 
 #[test]
 fn port_statement_shapes() {
-    let file =
-        parse("service a/b {\n port 80/tcp\n port http 8080/udp target web node-port 30080\n}")
-            .unwrap();
-    let ItemKind::Service { name, body } = &file.items[0].kind else {
-        panic!("service")
-    };
-    assert_eq!(
-        (name.namespace.text.as_str(), name.name.text.as_str()),
-        ("a", "b")
-    );
-    let ServiceStmt::Port(p) = &body[0].kind else {
-        panic!("port")
-    };
-    assert_eq!(
-        (
-            p.name.as_ref(),
-            p.port.text.as_str(),
-            p.protocol.text.as_str()
-        ),
-        (None, "80", "tcp")
-    );
-    let ServiceStmt::Port(p) = &body[1].kind else {
-        panic!("port")
-    };
+    let file = parse("service a/b {\n port 80/tcp\n port http 8080/udp target web node-port 30080\n}").unwrap();
+    let ItemKind::Service { name, body } = &file.items[0].kind else { panic!("service") };
+    assert_eq!((name.namespace.text.as_str(), name.name.text.as_str()), ("a", "b"));
+    let ServiceStmt::Port(p) = &body[0].kind else { panic!("port") };
+    assert_eq!((p.name.as_ref(), p.port.text.as_str(), p.protocol.text.as_str()), (None, "80", "tcp"));
+    let ServiceStmt::Port(p) = &body[1].kind else { panic!("port") };
     assert_eq!(p.name.as_ref().map(|w| w.text.as_str()), Some("http"));
     assert_eq!(p.protocol.text, "udp");
     assert_eq!(
         p.options,
         [
-            PortOption::Target(Word {
-                text: "web".into(),
-                span: Span::new(54, 57)
-            }),
-            PortOption::NodePort(Word {
-                text: "30080".into(),
-                span: Span::new(68, 73)
-            }),
+            PortOption::Target(Word { text: "web".into(), span: Span::new(54, 57) }),
+            PortOption::NodePort(Word { text: "30080".into(), span: Span::new(68, 73) }),
         ]
     );
 }
@@ -99,9 +66,7 @@ fn port_statement_shapes() {
 #[test]
 fn values_are_lexed_loosely_for_the_checker() {
     let file = parse("service a/b { port 0/icmp; type nonsense; cluster-ip 10.0.0.1/8 }").unwrap();
-    let ItemKind::Service { body, .. } = &file.items[0].kind else {
-        panic!("service")
-    };
+    let ItemKind::Service { body, .. } = &file.items[0].kind else { panic!("service") };
     assert_eq!(body.len(), 3);
 }
 
@@ -111,16 +76,12 @@ fn endpoint_options_and_lists() {
         "endpoints ns/s {\n port http 8080\n port 81\n endpoint 10.0.0.1 node n zone z terminating not-serving hint-zones a b hint-nodes c ready\n}",
     )
     .unwrap();
-    let ItemKind::Endpoints { body, .. } = &file.items[0].kind else {
-        panic!("endpoints")
-    };
+    let ItemKind::Endpoints { body, .. } = &file.items[0].kind else { panic!("endpoints") };
     assert!(
         matches!(&body[0].kind, EndpointsStmt::Port { name: Some(n), port } if n.text == "http" && port.text == "8080")
     );
     assert!(matches!(&body[1].kind, EndpointsStmt::Port { name: None, port } if port.text == "81"));
-    let EndpointsStmt::Endpoint(e) = &body[2].kind else {
-        panic!("endpoint")
-    };
+    let EndpointsStmt::Endpoint(e) = &body[2].kind else { panic!("endpoint") };
     let described: Vec<String> = e
         .options
         .iter()
@@ -134,24 +95,14 @@ fn endpoint_options_and_lists() {
         .collect();
     assert_eq!(
         described,
-        [
-            "node n",
-            "zone z",
-            "terminating",
-            "not-serving",
-            "hint-zones a b",
-            "hint-nodes c",
-            "ready"
-        ]
+        ["node n", "zone z", "terminating", "not-serving", "hint-zones a b", "hint-nodes c", "ready"]
     );
 }
 
 #[test]
 fn session_affinity_with_timeout() {
     let file = parse("service a/b { session-affinity client-ip timeout 3h }").unwrap();
-    let ItemKind::Service { body, .. } = &file.items[0].kind else {
-        panic!("service")
-    };
+    let ItemKind::Service { body, .. } = &file.items[0].kind else { panic!("service") };
     assert!(matches!(&body[0].kind,
         ServiceStmt::SessionAffinity { mode, timeout: Some(t) } if mode.text == "client-ip" && t.text == "3h"));
 }
@@ -160,10 +111,7 @@ fn session_affinity_with_timeout() {
 fn opening_brace_must_be_on_the_keyword_line() {
     let e = error("node n1\n{ address 10.0.0.1 }");
     assert_eq!(e.span, Span::new(7, 8));
-    assert_eq!(
-        e.message,
-        "expected `{` on the line of its keyword, found end of line"
-    );
+    assert_eq!(e.message, "expected `{` on the line of its keyword, found end of line");
 }
 
 #[test]
@@ -176,9 +124,7 @@ fn unknown_statement_is_a_syntax_error() {
 #[test]
 fn a_list_runs_to_the_end_of_its_statement() {
     let file = parse("node n { address 10.0.0.1 zone z }").unwrap();
-    let ItemKind::Node { body, .. } = &file.items[0].kind else {
-        panic!("node")
-    };
+    let ItemKind::Node { body, .. } = &file.items[0].kind else { panic!("node") };
     assert_eq!(texts(&body_words(&body[0])), ["10.0.0.1", "zone", "z"]);
 }
 
@@ -203,17 +149,9 @@ fn keywords_need_a_delimiter() {
 
 #[test]
 fn never_panics_on_odd_input() {
-    for text in [
-        "{",
-        "}",
-        "node",
-        "node n {",
-        "service /",
-        "endpoints a/b { endpoint }",
-        "\r",
-        "é",
-        "node n{address 1;;;}",
-    ] {
+    for text in
+        ["{", "}", "node", "node n {", "service /", "endpoints a/b { endpoint }", "\r", "é", "node n{address 1;;;}"]
+    {
         let _ = parse(text);
     }
 }

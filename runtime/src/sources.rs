@@ -23,10 +23,7 @@ pub enum ReadError {
 pub fn read_policy(paths: &[PathBuf]) -> Result<Vec<SourceFile>, ReadError> {
     let mut files = Vec::new();
     for path in paths {
-        let io = |source| ReadError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| ReadError::Io { path: path.clone(), source };
         if fs::metadata(path).map_err(io)?.is_dir() {
             let mut entries = Vec::new();
             for entry in fs::read_dir(path).map_err(io)? {
@@ -50,17 +47,9 @@ pub fn read_policy(paths: &[PathBuf]) -> Result<Vec<SourceFile>, ReadError> {
 }
 
 fn read_file(path: &Path) -> Result<SourceFile, ReadError> {
-    let bytes = fs::read(path).map_err(|source| ReadError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let text = String::from_utf8(bytes).map_err(|_| ReadError::NotText {
-        path: path.to_owned(),
-    })?;
-    Ok(SourceFile {
-        name: path.display().to_string(),
-        text,
-    })
+    let bytes = fs::read(path).map_err(|source| ReadError::Io { path: path.to_owned(), source })?;
+    let text = String::from_utf8(bytes).map_err(|_| ReadError::NotText { path: path.to_owned() })?;
+    Ok(SourceFile { name: path.display().to_string(), text })
 }
 
 #[cfg(test)]
@@ -68,8 +57,7 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("svcnft-sources-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("svcnft-sources-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("scratch directory");
         dir
@@ -92,17 +80,12 @@ mod tests {
     fn errors_name_the_path() {
         let dir = scratch("errors");
         let missing = dir.join("missing.svc");
-        let err = read_policy(std::slice::from_ref(&missing))
-            .unwrap_err()
-            .to_string();
+        let err = read_policy(std::slice::from_ref(&missing)).unwrap_err().to_string();
         assert!(err.starts_with(&missing.display().to_string()), "{err}");
         let err = read_policy(std::slice::from_ref(&dir)).unwrap_err();
         assert!(matches!(err, ReadError::EmptyDirectory { .. }));
         fs::write(dir.join("bad.svc"), [0xff, 0xfe]).unwrap();
-        assert!(matches!(
-            read_policy(std::slice::from_ref(&dir)),
-            Err(ReadError::NotText { .. })
-        ));
+        assert!(matches!(read_policy(std::slice::from_ref(&dir)), Err(ReadError::NotText { .. })));
         fs::remove_dir_all(dir).unwrap();
     }
 }
