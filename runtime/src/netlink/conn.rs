@@ -1,0 +1,305 @@
+//! The netlink socket: generation id, batch commit, and read-back.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+
+use super::attr::{self, Attrs, Writer};
+use super::batch::Batch;
+use super::codec::*;
+use super::objects::{Chain, Element, Family, Rule, Set, Table};
+use super::Error;
+
+const RECV_BUF: usize = 1 << 20;
+const RCVBUF_SIZE: usize = 8 << 20;
+/// Reads retried when the ruleset changes underneath a read-back.
+const READ_ATTEMPTS: usize = 5;
+
+/// Decodes a dumped object into its table's name and the object.
+type Decoder<T> = fn(&[u8]) -> Result<(String, T), Error>;
+
+/// Everything in one table, as the kernel holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableState {
+    /// The generation this state was read at: commit against it.
+    pub generation: u32,
+    pub table: Table,
+    pub chains: Vec<Chain>,
+    pub sets: Vec<(Set, Vec<Element>)>,
+    /// In chain order within each chain, with handles.
+    pub rules: Vec<Rule>,
+}
+
+/// A netlink socket to nf_tables in the calling thread's network namespace.
+pub struct Conn {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn setsockopt(sock: &Socket, opt: libc::c_int, value: usize) -> io::Result<()> {
+    let v = value.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: a valid fd and a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn kernel_error(errno: i32) -> Error {
+    if errno == libc::EPERM {
+        Error::PermissionDenied
+    } else {
+        Error::Kernel(io::Error::from_raw_os_error(errno))
+    }
+}
+
+/// The errno and original sequence number of an `NLMSG_ERROR` (0 is an ack).
+fn nlmsgerr(payload: &[u8]) -> Result<(i32, u32), Error> {
+    let errno = payload
+        .get(0..4)
+        .map(|b| -i32::from_ne_bytes(b.try_into().unwrap()))
+        .ok_or(Error::Malformed("short error message".into()))?;
+    let seq = payload
+        .get(12..16)
+        .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()));
+    Ok((errno, seq))
+}
+
+impl Conn {
+    pub fn open() -> Result<Self, Error> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        // Dumps of large tables and bursts of batch errors must not overflow.
+        if setsockopt(&sock, libc::SO_RCVBUFFORCE, RCVBUF_SIZE).is_err() {
+            sock.set_rx_buf_sz(RCVBUF_SIZE)?;
+        }
+        Ok(Conn {
+            sock,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Sends one request and feeds each reply message to `on` until the
+    /// dump ends (or, for a plain get, until the first reply).
+    fn request(
+        &mut self,
+        m: Msg,
+        family: u8,
+        dump: bool,
+        attrs: impl FnOnce(&mut Writer),
+        mut on: impl FnMut(&RawMsg) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let seq = self.next_seq();
+        let mut req = Vec::new();
+        let flags = if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let start = begin_msg(&mut req, nft_type(m), flags, seq, family, 0);
+        attrs(&mut Writer { buf: &mut req });
+        end_msg(&mut req, start);
+        self.sock.send(&req, 0)?;
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            for msg in messages(&self.buf[..n]) {
+                let msg = msg?;
+                if msg.seq != seq {
+                    continue;
+                }
+                match msg.ty {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let (errno, _) = nlmsgerr(msg.payload)?;
+                        return if errno == 0 {
+                            Ok(())
+                        } else {
+                            Err(kernel_error(errno))
+                        };
+                    }
+                    _ => on(&msg)?,
+                }
+            }
+        }
+    }
+
+    /// The ruleset generation: any committed change increments it.
+    pub fn generation(&mut self) -> Result<u32, Error> {
+        let mut gen = None;
+        self.request(
+            Msg::GetGen,
+            libc::AF_UNSPEC as u8,
+            false,
+            |_| {},
+            |msg| {
+                for a in Attrs::new(msg.attrs()) {
+                    if let (1, v) = a? {
+                        gen = Some(attr::be32(v)?);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        gen.ok_or(Error::Malformed("generation reply without id".into()))
+    }
+
+    /// Commits the batch atomically. With `generation`, the kernel refuses it
+    /// ([`Error::GenerationChanged`]) if anything changed since.
+    pub fn commit(&mut self, batch: &Batch, generation: Option<u32>) -> Result<(), Error> {
+        let bytes = batch.encode(generation);
+        // A batch split over several sends is no batch: raise the send buffer
+        // so the kernel takes it whole.
+        setsockopt(&self.sock, libc::SO_SNDBUFFORCE, bytes.len() + 4096)
+            .or_else(|_| setsockopt(&self.sock, libc::SO_SNDBUF, bytes.len() + 4096))?;
+        let sent = self.sock.send(&bytes, 0)?;
+        if sent != bytes.len() {
+            return Err(Error::Malformed(format!(
+                "short send: {sent} of {} bytes",
+                bytes.len()
+            )));
+        }
+        // The kernel processes the batch inside send(): every error is
+        // already queued, so draining without blocking sees them all.
+        let mut first = None;
+        loop {
+            let n = match self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            };
+            for msg in messages(&self.buf[..n]) {
+                let msg = msg?;
+                if msg.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let (errno, seq) = nlmsgerr(msg.payload)?;
+                if errno != 0 && first.is_none() {
+                    first = Some((errno, seq));
+                }
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some((libc::ERESTART, 0)) if generation.is_some() => Err(Error::GenerationChanged),
+            Some((libc::EPERM, _)) => Err(Error::PermissionDenied),
+            Some((errno, seq)) => match batch.op_of_seq(seq) {
+                Some(index) => Err(Error::Rejected {
+                    index,
+                    op: batch.ops()[index].clone(),
+                    source: io::Error::from_raw_os_error(errno),
+                }),
+                None => Err(Error::Kernel(io::Error::from_raw_os_error(errno))),
+            },
+        }
+    }
+
+    /// Reads one table and everything in it, consistently at one generation;
+    /// `None` if the table does not exist. Requests are filtered by table
+    /// except for chains, which the kernel dumps per family: those of other
+    /// tables are dropped unread.
+    pub fn read_table(&mut self, family: Family, name: &str) -> Result<Option<TableState>, Error> {
+        for _ in 0..READ_ATTEMPTS {
+            let before = self.generation()?;
+            let state = self.read_table_once(family, name, before)?;
+            if self.generation()? == before {
+                return Ok(state);
+            }
+        }
+        Err(Error::GenerationChanged)
+    }
+
+    /// Dumps one kind of object, asking the kernel to filter by table and
+    /// keeping only that table's objects where it does not.
+    fn dump_table<T>(
+        &mut self,
+        m: Msg,
+        family: u8,
+        table: &str,
+        decode: Decoder<T>,
+    ) -> Result<Vec<T>, Error> {
+        let mut out = Vec::new();
+        self.request(
+            m,
+            family,
+            true,
+            |w| w.str(1, table),
+            |msg| {
+                let (t, obj) = decode(msg.attrs())?;
+                if t == table {
+                    out.push(obj);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    fn read_table_once(
+        &mut self,
+        family: Family,
+        name: &str,
+        generation: u32,
+    ) -> Result<Option<TableState>, Error> {
+        let fam = family.code();
+        let mut found = false;
+        let res = self.request(
+            Msg::GetTable,
+            fam,
+            false,
+            |w| w.str(1, name),
+            |msg| {
+                found |= msg.nft() == Some(Msg::NewTable as u16)
+                    && decode_table_name(msg.attrs())? == name;
+                Ok(())
+            },
+        );
+        match res {
+            Err(Error::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            r => r?,
+        }
+        if !found {
+            return Ok(None);
+        }
+        let chains = self.dump_table(Msg::GetChain, fam, name, decode_chain)?;
+        let rules = self.dump_table(Msg::GetRule, fam, name, decode_rule)?;
+        let sets = self.dump_table(Msg::GetSet, fam, name, decode_set)?;
+        let mut with_elems = Vec::with_capacity(sets.len());
+        for set in sets {
+            let mut elems = Vec::new();
+            self.request(
+                Msg::GetSetElem,
+                fam,
+                true,
+                |w| {
+                    w.str(1, name);
+                    w.str(2, &set.name);
+                },
+                |msg| decode_elem_list(msg.attrs(), &mut elems),
+            )?;
+            with_elems.push((set, elems));
+        }
+        Ok(Some(TableState {
+            generation,
+            table: Table {
+                family,
+                name: name.to_owned(),
+            },
+            chains,
+            sets: with_elems,
+            rules,
+        }))
+    }
+}
