@@ -343,8 +343,12 @@ fn syntax_error(text: &str, err: pest::error::Error<Rule>) -> SyntaxError {
     };
     let expected = match &err.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
-            let mut names: Vec<&str> = positives.iter().map(|r| describe(*r)).collect();
-            names.dedup();
+            let mut names: Vec<String> = Vec::new();
+            for name in positives.iter().map(|r| describe(*r)) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
             names
         }
         pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
@@ -357,43 +361,29 @@ fn syntax_error(text: &str, err: pest::error::Error<Rule>) -> SyntaxError {
     SyntaxError { span: Span::new(start, start + len), message }
 }
 
-/// How a grammar rule is named in a syntax error.
-fn describe(rule: Rule) -> &'static str {
-    match rule {
+/// How a grammar rule is named in a syntax error. Keywords are named as written,
+/// so an unknown statement's error lists exactly the statements allowed there.
+fn describe(rule: Rule) -> String {
+    let fixed = match rule {
         Rule::EOI => "end of file",
+        Rule::file => "`cluster`, `node`, `service` or `endpoints`",
         Rule::open => "`{` on the line of its keyword",
         Rule::close => "`}`",
         Rule::sep => "end of statement",
-        Rule::kw_cluster | Rule::kw_node | Rule::kw_service | Rule::kw_endpoints | Rule::file => {
-            "an item (`cluster`, `node`, `service` or `endpoints`)"
-        }
         Rule::value | Rule::name_part => "a value",
         Rule::qname => "a service name NAMESPACE/NAME",
         Rule::port_proto | Rule::port_number | Rule::port_name => "PORT/PROTO",
         Rule::protocol => "a protocol",
         Rule::timeout => "a duration",
-        Rule::kw_cluster_cidr
-        | Rule::kw_service_cidr
-        | Rule::kw_node_port_addresses
-        | Rule::kw_node_port_range
-        | Rule::kw_masquerade_all => "a cluster statement",
-        Rule::kw_address | Rule::kw_local_address | Rule::kw_pod_cidr | Rule::kw_zone => "a node statement",
-        Rule::kw_type
-        | Rule::kw_cluster_ip
-        | Rule::kw_port
-        | Rule::kw_external_ip
-        | Rule::kw_load_balancer_ip
-        | Rule::kw_source_ranges
-        | Rule::kw_external_traffic_policy
-        | Rule::kw_internal_traffic_policy
-        | Rule::kw_health_check_node_port
-        | Rule::kw_session_affinity
-        | Rule::kw_traffic_distribution
-        | Rule::kw_endpoint => "a statement",
-        Rule::kw_target | Rule::kw_node_port => "`target` or `node-port`",
-        Rule::kw_timeout => "`timeout`",
-        _ => "end of statement",
-    }
+        _ => {
+            let name = format!("{rule:?}");
+            return match name.strip_prefix("kw_") {
+                Some(keyword) => format!("`{}`", keyword.replace('_', "-")),
+                None => "end of statement".to_owned(),
+            };
+        }
+    };
+    fixed.to_owned()
 }
 
 #[cfg(test)]

@@ -155,3 +155,22 @@ fn never_panics_on_odd_input() {
         let _ = parse(text);
     }
 }
+
+#[test]
+fn unknown_item_lists_the_items() {
+    let e = error("# top\nfoo bar\n");
+    assert_eq!(e.span, Span::new(6, 9));
+    assert_eq!(
+        e.message,
+        "expected end of file, end of statement, `cluster`, `node`, `service` or `endpoints`, found `foo`"
+    );
+}
+
+#[test]
+fn unknown_statement_lists_the_statements_of_its_block() {
+    let e = error("node n {\n  address 10.0.0.1\n  gateway 10.0.0.254\n}");
+    assert_eq!(
+        e.message,
+        "expected end of statement, `}`, `address`, `local-address`, `pod-cidr` or `zone`, found `gateway`"
+    );
+}
