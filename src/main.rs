@@ -132,7 +132,10 @@ fn diff(old: &std::path::Path, new: &std::path::Path, node: &str) -> u8 {
     };
     let (old_text, new_text) = (svcnft_compiler::render::render(&before), svcnft_compiler::render::render(&after));
     let text_diff = similar::TextDiff::from_lines(&old_text, &new_text);
-    print!("{}", text_diff.unified_diff().context_radius(3).header(&old.display().to_string(), &new.display().to_string()));
+    print!(
+        "{}",
+        text_diff.unified_diff().context_radius(3).header(&old.display().to_string(), &new.display().to_string())
+    );
     let transaction = svcnft_compiler::diff::diff(&before, &after);
     if transaction.is_empty() {
         println!("no changes");

@@ -84,10 +84,7 @@ impl TestNs {
 
     /// Runs a command inside the namespace (`ip netns exec`).
     pub fn exec(&self, program: &str, args: &[&str]) -> io::Result<Output> {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
+        Command::new("ip").args(["netns", "exec", &self.name, program]).args(args).output()
     }
 
     /// Runs `nft` with `args` and stdin `input` inside the namespace,
@@ -107,9 +104,7 @@ impl TestNs {
         drop(stdin);
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            return Err(io::Error::other(
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ));
+            return Err(io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -117,8 +112,6 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }

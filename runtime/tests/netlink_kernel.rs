@@ -100,35 +100,19 @@ const R0: Reg = Reg::r32(0);
 type Objects = (Vec<Chain>, Vec<(Set, Vec<Element>)>, Vec<Rule>);
 
 fn base(kind: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {
-    Some(BaseChain {
-        kind,
-        hook,
-        priority,
-        policy: Policy::Accept,
-    })
+    Some(BaseChain { kind, hook, priority, policy: Policy::Accept })
 }
 
 fn chain(name: &str, base: Option<BaseChain>) -> Chain {
-    Chain {
-        name: name.into(),
-        base,
-    }
+    Chain { name: name.into(), base }
 }
 
 fn rule(chain: &str, exprs: Vec<Expr>) -> Rule {
-    Rule {
-        chain: chain.into(),
-        handle: None,
-        exprs,
-        comment: None,
-    }
+    Rule { chain: chain.into(), handle: None, exprs, comment: None }
 }
 
 fn verdict(v: Verdict) -> Expr {
-    Expr::Immediate {
-        dreg: Reg::VERDICT,
-        data: Data::Verdict(v),
-    }
+    Expr::Immediate { dreg: Reg::VERDICT, data: Data::Verdict(v) }
 }
 
 fn jump(c: &str) -> Expr {
@@ -140,11 +124,7 @@ fn goto(c: &str) -> Expr {
 }
 
 fn cmp(op: CmpOp, data: &[u8]) -> Expr {
-    Expr::Cmp {
-        sreg: R0,
-        op,
-        data: data.to_vec(),
-    }
+    Expr::Cmp { sreg: R0, op, data: data.to_vec() }
 }
 
 fn meta(key: MetaKey) -> Expr {
@@ -152,68 +132,29 @@ fn meta(key: MetaKey) -> Expr {
 }
 
 fn payload(base: PayloadBase, offset: u32, len: u32, dreg: Reg) -> Expr {
-    Expr::Payload {
-        dreg,
-        base,
-        offset,
-        len,
-    }
+    Expr::Payload { dreg, base, offset, len }
 }
 
 fn mark_bits(mask: u32, xor: u32) -> Expr {
-    Expr::Bitwise {
-        sreg: R0,
-        dreg: R0,
-        mask: mask.to_ne_bytes().to_vec(),
-        xor: xor.to_ne_bytes().to_vec(),
-    }
+    Expr::Bitwise { sreg: R0, dreg: R0, mask: mask.to_ne_bytes().to_vec(), xor: xor.to_ne_bytes().to_vec() }
 }
 
 /// `meta mark set (meta mark & mask) ^ xor`.
 fn set_mark(mask: u32, xor: u32) -> Vec<Expr> {
-    vec![
-        meta(MetaKey::Mark),
-        mark_bits(mask, xor),
-        Expr::MetaSet {
-            key: MetaKey::Mark,
-            sreg: R0,
-        },
-    ]
+    vec![meta(MetaKey::Mark), mark_bits(mask, xor), Expr::MetaSet { key: MetaKey::Mark, sreg: R0 }]
 }
 
 /// `update @aff { <key> }`.
 fn update_aff(key: Expr) -> Vec<Expr> {
-    vec![
-        key,
-        Expr::Dynset {
-            op: DynsetOp::Update,
-            set: "aff".into(),
-            sreg_key: R0,
-            sreg_data: None,
-            timeout: None,
-        },
-    ]
+    vec![key, Expr::Dynset { op: DynsetOp::Update, set: "aff".into(), sreg_key: R0, sreg_data: None, timeout: None }]
 }
 
 fn ct_bit(key: CtKey, bit: u32) -> Vec<Expr> {
-    vec![
-        Expr::Ct { dreg: R0, key },
-        mark_bits(bit, 0),
-        cmp(CmpOp::Neq, &0u32.to_ne_bytes()),
-    ]
+    vec![Expr::Ct { dreg: R0, key }, mark_bits(bit, 0), cmp(CmpOp::Neq, &0u32.to_ne_bytes())]
 }
 
 fn numgen(modulus: u32, offset: u32, value: u32, target: &str) -> Vec<Expr> {
-    vec![
-        Expr::Numgen {
-            dreg: R0,
-            random: true,
-            modulus,
-            offset,
-        },
-        cmp(CmpOp::Eq, &value.to_ne_bytes()),
-        goto(target),
-    ]
+    vec![Expr::Numgen { dreg: R0, random: true, modulus, offset }, cmp(CmpOp::Eq, &value.to_ne_bytes()), goto(target)]
 }
 
 fn dnat(family: Family, addr: &[u8], port: u16) -> Vec<Expr> {
@@ -221,21 +162,9 @@ fn dnat(family: Family, addr: &[u8], port: u16) -> Vec<Expr> {
     vec![
         meta(MetaKey::L4Proto),
         cmp(CmpOp::Eq, &[6]),
-        Expr::Immediate {
-            dreg: R0,
-            data: Data::Value(addr.to_vec()),
-        },
-        Expr::Immediate {
-            dreg: port_reg,
-            data: Data::Value(port.to_be_bytes().to_vec()),
-        },
-        Expr::Nat {
-            kind: NatKind::Dnat,
-            family,
-            addr: Some(R0),
-            port: Some(port_reg),
-            flags: 0,
-        },
+        Expr::Immediate { dreg: R0, data: Data::Value(addr.to_vec()) },
+        Expr::Immediate { dreg: port_reg, data: Data::Value(port.to_be_bytes().to_vec()) },
+        Expr::Nat { kind: NatKind::Dnat, family, addr: Some(R0), port: Some(port_reg), flags: 0 },
     ]
 }
 
@@ -245,17 +174,9 @@ fn dispatch(daddr_offset: u32, addr_len: u32) -> Vec<Expr> {
     let port = Reg::r32(addr_len / 4 + 1);
     vec![
         payload(PayloadBase::Network, daddr_offset, addr_len, R0),
-        Expr::Meta {
-            dreg: proto,
-            key: MetaKey::L4Proto,
-        },
+        Expr::Meta { dreg: proto, key: MetaKey::L4Proto },
         payload(PayloadBase::Transport, 2, 2, port),
-        Expr::Lookup {
-            set: "svc-ips".into(),
-            sreg: R0,
-            dreg: Some(Reg::VERDICT),
-            invert: false,
-        },
+        Expr::Lookup { set: "svc-ips".into(), sreg: R0, dreg: Some(Reg::VERDICT), invert: false },
     ]
 }
 
@@ -264,11 +185,7 @@ fn aff_set(key: KeyType) -> Set {
         name: "aff".into(),
         key: vec![key],
         data: None,
-        flags: SetFlags {
-            dynamic: true,
-            timeout: true,
-            ..SetFlags::default()
-        },
+        flags: SetFlags { dynamic: true, timeout: true, ..SetFlags::default() },
         size: Some(65535),
         timeout: Some(Duration::from_secs(3 * 3600)),
         comment: None,
@@ -288,32 +205,20 @@ fn svc_map(addr: KeyType, comment: Option<&str>) -> Set {
 }
 
 fn svc_elem(addr: &[u8], proto: u8, port: u16, target: &str) -> Element {
-    Element::with_data(
-        concat(&[addr, &[proto], &port.to_be_bytes()]),
-        Data::Verdict(Verdict::Goto(target.into())),
-    )
+    Element::with_data(concat(&[addr, &[proto], &port.to_be_bytes()]), Data::Verdict(Verdict::Goto(target.into())))
 }
 
 fn interval(key: [u8; 4], end: bool) -> Element {
-    Element {
-        interval_end: end,
-        ..Element::new(key.to_vec())
-    }
+    Element { interval_end: end, ..Element::new(key.to_vec()) }
 }
 
 /// The kernel objects of `IP_NFT`, written the way nft encodes them.
 fn ip_objects() -> Objects {
     let chains = vec![
-        chain(
-            "nat-prerouting",
-            base(ChainType::Nat, Hook::Prerouting, -100),
-        ),
+        chain("nat-prerouting", base(ChainType::Nat, Hook::Prerouting, -100)),
         chain("nat-output", base(ChainType::Nat, Hook::Output, -100)),
         chain("filter-input", base(ChainType::Filter, Hook::Input, -110)),
-        chain(
-            "nat-postrouting",
-            base(ChainType::Nat, Hook::Postrouting, 100),
-        ),
+        chain("nat-postrouting", base(ChainType::Nat, Hook::Postrouting, 100)),
         chain("services", None),
         chain("nodeports", None),
         chain("mark-for-masquerade", None),
@@ -325,18 +230,12 @@ fn ip_objects() -> Objects {
         name: "cidrs".into(),
         key: vec![KeyType::Ipv4Addr],
         data: None,
-        flags: SetFlags {
-            interval: true,
-            ..SetFlags::default()
-        },
+        flags: SetFlags { interval: true, ..SetFlags::default() },
         size: None,
         timeout: None,
         comment: None,
     };
-    let api = Element {
-        comment: Some("api".into()),
-        ..svc_elem(&[10, 96, 0, 1], 17, 443, "svc-dns")
-    };
+    let api = Element { comment: Some("api".into()), ..svc_elem(&[10, 96, 0, 1], 17, 443, "svc-dns") };
     let sets = vec![
         (aff_set(KeyType::Ipv4Addr), vec![]),
         (
@@ -349,18 +248,10 @@ fn ip_objects() -> Objects {
                 interval([192, 168, 2, 0], true),
             ],
         ),
-        (
-            svc_map(KeyType::Ipv4Addr, Some("cluster IPs")),
-            vec![svc_elem(&[10, 96, 0, 10], 6, 53, "svc-dns"), api],
-        ),
+        (svc_map(KeyType::Ipv4Addr, Some("cluster IPs")), vec![svc_elem(&[10, 96, 0, 10], 6, 53, "svc-dns"), api]),
     ];
     let saddr = || payload(PayloadBase::Network, 12, 4, R0);
-    let cidrs_lookup = |invert| Expr::Lookup {
-        set: "cidrs".into(),
-        sreg: R0,
-        dreg: None,
-        invert,
-    };
+    let cidrs_lookup = |invert| Expr::Lookup { set: "cidrs".into(), sreg: R0, dreg: None, invert };
     let mut ct = ct_bit(CtKey::State, 8);
     ct.extend(ct_bit(CtKey::Status, 0x20));
     ct.push(Expr::Counter);
@@ -368,14 +259,7 @@ fn ip_objects() -> Objects {
         rule("nat-prerouting", vec![jump("services")]),
         rule("nat-output", vec![jump("services")]),
         rule("filter-input", ct),
-        rule(
-            "filter-input",
-            vec![
-                saddr(),
-                cidrs_lookup(false),
-                Expr::Reject(RejectKind::IcmpUnreach(3)),
-            ],
-        ),
+        rule("filter-input", vec![saddr(), cidrs_lookup(false), Expr::Reject(RejectKind::IcmpUnreach(3))]),
         rule(
             "filter-input",
             vec![
@@ -387,30 +271,16 @@ fn ip_objects() -> Objects {
             ],
         ),
         rule("nat-postrouting", vec![jump("masquerading")]),
-        Rule {
-            comment: Some("dispatch".into()),
-            ..rule("services", dispatch(16, 4))
-        },
+        Rule { comment: Some("dispatch".into()), ..rule("services", dispatch(16, 4)) },
         rule(
             "services",
             vec![
-                Expr::Fib {
-                    dreg: R0,
-                    result: FibResult::AddrType,
-                    flags: fib_flags::DADDR,
-                },
+                Expr::Fib { dreg: R0, result: FibResult::AddrType, flags: fib_flags::DADDR },
                 cmp(CmpOp::Eq, &2u32.to_ne_bytes()),
                 jump("nodeports"),
             ],
         ),
-        rule(
-            "nodeports",
-            vec![
-                meta(MetaKey::Mark),
-                cmp(CmpOp::Eq, &1u32.to_ne_bytes()),
-                verdict(Verdict::Return),
-            ],
-        ),
+        rule("nodeports", vec![meta(MetaKey::Mark), cmp(CmpOp::Eq, &1u32.to_ne_bytes()), verdict(Verdict::Return)]),
         rule("mark-for-masquerade", set_mark(!0x4000, 0x4000)),
         rule(
             "masquerading",
@@ -422,19 +292,10 @@ fn ip_objects() -> Objects {
             ],
         ),
         rule("masquerading", set_mark(!0, 0x4000)),
-        rule(
-            "masquerading",
-            vec![Expr::Masq {
-                flags: nat_flags::PROTO_RANDOM_FULLY,
-            }],
-        ),
+        rule("masquerading", vec![Expr::Masq { flags: nat_flags::PROTO_RANDOM_FULLY }]),
         rule(
             "svc-dns",
-            vec![
-                payload(PayloadBase::Network, 12, 2, R0),
-                cmp(CmpOp::Neq, &[10, 244]),
-                jump("mark-for-masquerade"),
-            ],
+            vec![payload(PayloadBase::Network, 12, 2, R0), cmp(CmpOp::Neq, &[10, 244]), jump("mark-for-masquerade")],
         ),
         rule("svc-dns", numgen(3, 0, 0, "ep1")),
         rule("svc-dns", numgen(2, 1, 2, "ep1")),
@@ -455,21 +316,12 @@ fn ip6_objects() -> Objects {
         a
     };
     let chains = vec![
-        chain(
-            "nat-prerouting",
-            base(ChainType::Nat, Hook::Prerouting, -100),
-        ),
-        chain(
-            "nat-postrouting",
-            base(ChainType::Nat, Hook::Postrouting, 100),
-        ),
+        chain("nat-prerouting", base(ChainType::Nat, Hook::Prerouting, -100)),
+        chain("nat-postrouting", base(ChainType::Nat, Hook::Postrouting, 100)),
         chain("ep1", None),
     ];
     let sets = vec![
-        (
-            svc_map(KeyType::Ipv6Addr, None),
-            vec![svc_elem(&fd00(0x10), 6, 53, "ep1")],
-        ),
+        (svc_map(KeyType::Ipv6Addr, None), vec![svc_elem(&fd00(0x10), 6, 53, "ep1")]),
         (aff_set(KeyType::Ipv6Addr), vec![]),
     ];
     let rules = vec![
@@ -482,10 +334,7 @@ fn ip6_objects() -> Objects {
                 jump("ep1"),
             ],
         ),
-        rule(
-            "nat-prerouting",
-            vec![Expr::Reject(RejectKind::IcmpUnreach(4))],
-        ),
+        rule("nat-prerouting", vec![Expr::Reject(RejectKind::IcmpUnreach(4))]),
         rule("nat-postrouting", vec![Expr::Masq { flags: 0 }]),
         rule("ep1", update_aff(payload(PayloadBase::Network, 8, 16, R0))),
         rule("ep1", dnat(Family::Ip6, &fd00(1), 8080)),
@@ -529,15 +378,11 @@ fn check_against_nft(family: Family, table: &str, objects: &Objects, text: &str)
     ours.run(|| {
         let mut conn = Conn::open().unwrap();
         let g = conn.generation().unwrap();
-        conn.commit(&build(family, table, objects), Some(g))
-            .unwrap();
+        conn.commit(&build(family, table, objects), Some(g)).unwrap();
     })
     .unwrap();
     theirs.nft(&["-f", "-"], Some(text)).unwrap();
-    let list = |ns: &TestNs| {
-        ns.nft(&["list", "table", family_word(family), table], None)
-            .unwrap()
-    };
+    let list = |ns: &TestNs| ns.nft(&["list", "table", family_word(family), table], None).unwrap();
     assert_eq!(list(&ours), list(&theirs));
 }
 
@@ -581,10 +426,7 @@ fn assert_round_trip(state: &TableState, (chains, sets, rules): &Objects) {
         .iter()
         .map(|r| {
             assert!(r.handle.is_some());
-            Rule {
-                handle: None,
-                ..r.clone()
-            }
+            Rule { handle: None, ..r.clone() }
         })
         .collect();
     let mut want = rules.clone();
@@ -597,10 +439,7 @@ fn read_back_round_trips() {
     if !kernel_tests_enabled() {
         return;
     }
-    for (family, table, objects) in [
-        (Family::Ip, "svc", ip_objects()),
-        (Family::Ip6, "svc6", ip6_objects()),
-    ] {
+    for (family, table, objects) in [(Family::Ip, "svc", ip_objects()), (Family::Ip6, "svc6", ip6_objects())] {
         let ns = TestNs::new().unwrap();
         ns.run(|| {
             let mut conn = Conn::open().unwrap();
@@ -617,8 +456,7 @@ fn read_back_round_trips() {
 #[test]
 fn rejected_batch_changes_nothing() {
     with_conn(|conn| {
-        conn.commit(&build(Family::Ip, "svc", &ip_objects()), None)
-            .unwrap();
+        conn.commit(&build(Family::Ip, "svc", &ip_objects()), None).unwrap();
         let before = conn.read_table(Family::Ip, "svc").unwrap().unwrap();
         let mut bad = Batch::new(Family::Ip, "svc");
         bad.add_chain(&chain("extra", None))
@@ -647,10 +485,7 @@ fn stale_generation_is_refused() {
         conn.commit(&first, Some(stale)).unwrap();
         let mut second = Batch::new(Family::Ip, "race");
         second.add_chain(&chain("c", None));
-        assert!(matches!(
-            conn.commit(&second, Some(stale)),
-            Err(Error::GenerationChanged)
-        ));
+        assert!(matches!(conn.commit(&second, Some(stale)), Err(Error::GenerationChanged)));
         let state = conn.read_table(Family::Ip, "race").unwrap().unwrap();
         assert!(state.chains.is_empty());
         conn.commit(&second, Some(state.generation)).unwrap();
@@ -663,12 +498,9 @@ fn stale_generation_is_refused() {
 fn ten_thousand_rules() {
     with_conn(|conn| {
         let mut b = Batch::new(Family::Ip, "big");
-        b.add_table()
-            .add_chain(&chain("svc", None))
-            .add_set(&svc_map(KeyType::Ipv4Addr, None));
-        let elems: Vec<Element> = (0..10_000u32)
-            .map(|i| svc_elem(&(0x0a60_0000 + i).to_be_bytes(), 6, 80, "svc"))
-            .collect();
+        b.add_table().add_chain(&chain("svc", None)).add_set(&svc_map(KeyType::Ipv4Addr, None));
+        let elems: Vec<Element> =
+            (0..10_000u32).map(|i| svc_elem(&(0x0a60_0000 + i).to_be_bytes(), 6, 80, "svc")).collect();
         b.add_elements("svc-ips", &elems);
         for i in 0..10_000u32 {
             let mut exprs = vec![payload(PayloadBase::Network, 16, 4, R0)];

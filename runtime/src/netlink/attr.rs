@@ -79,9 +79,7 @@ impl<'a> Iterator for Attrs<'a> {
         let ty = u16::from_ne_bytes([self.data[2], self.data[3]]) & NLA_TYPE_MASK;
         if len < NLA_HDRLEN || len > self.data.len() {
             self.data = &[];
-            return Some(Err(Error::Malformed(format!(
-                "attribute {ty} length {len}"
-            ))));
+            return Some(Err(Error::Malformed(format!("attribute {ty} length {len}"))));
         }
         let payload = &self.data[NLA_HDRLEN..len];
         self.data = &self.data[align4(len).min(self.data.len())..];
@@ -90,21 +88,15 @@ impl<'a> Iterator for Attrs<'a> {
 }
 
 pub(crate) fn be32(v: &[u8]) -> Result<u32, Error> {
-    v.try_into()
-        .map(u32::from_be_bytes)
-        .map_err(|_| Error::Malformed(format!("expected 4 bytes, got {}", v.len())))
+    v.try_into().map(u32::from_be_bytes).map_err(|_| Error::Malformed(format!("expected 4 bytes, got {}", v.len())))
 }
 
 pub(crate) fn be64(v: &[u8]) -> Result<u64, Error> {
-    v.try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| Error::Malformed(format!("expected 8 bytes, got {}", v.len())))
+    v.try_into().map(u64::from_be_bytes).map_err(|_| Error::Malformed(format!("expected 8 bytes, got {}", v.len())))
 }
 
 pub(crate) fn u8(v: &[u8]) -> Result<u8, Error> {
-    v.first()
-        .copied()
-        .ok_or_else(|| Error::Malformed("empty u8 attribute".into()))
+    v.first().copied().ok_or_else(|| Error::Malformed("empty u8 attribute".into()))
 }
 
 pub(crate) fn string(v: &[u8]) -> Result<String, Error> {

@@ -25,14 +25,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(family: Family, table: &str) -> Self {
-        Batch {
-            family,
-            table: table.to_owned(),
-            body: Vec::new(),
-            ops: Vec::new(),
-            msg_op: Vec::new(),
-            next_set_id: 1,
-        }
+        Batch { family, table: table.to_owned(), body: Vec::new(), ops: Vec::new(), msg_op: Vec::new(), next_set_id: 1 }
     }
 
     pub fn family(&self) -> Family {
@@ -59,20 +52,8 @@ impl Batch {
     fn msg(&mut self, m: Msg, flags: u16, attrs: impl FnOnce(&mut Writer, &str)) {
         self.msg_op.push(self.ops.len() - 1);
         let seq = self.msg_op.len() as u32;
-        let start = begin_msg(
-            &mut self.body,
-            nft_type(m),
-            flags,
-            seq,
-            self.family.code(),
-            0,
-        );
-        attrs(
-            &mut Writer {
-                buf: &mut self.body,
-            },
-            &self.table,
-        );
+        let start = begin_msg(&mut self.body, nft_type(m), flags, seq, self.family.code(), 0);
+        attrs(&mut Writer { buf: &mut self.body }, &self.table);
         end_msg(&mut self.body, start);
     }
 
@@ -90,9 +71,7 @@ impl Batch {
 
     pub fn add_chain(&mut self, chain: &Chain) -> &mut Self {
         self.op(format!("add chain {}", chain.name));
-        self.msg(Msg::NewChain, NLM_F_CREATE, |w, t| {
-            encode_chain(w, t, chain)
-        });
+        self.msg(Msg::NewChain, NLM_F_CREATE, |w, t| encode_chain(w, t, chain));
         self
     }
 
@@ -118,23 +97,15 @@ impl Batch {
     /// Appends the rule to its chain; its handle, if any, is ignored.
     pub fn add_rule(&mut self, rule: &Rule) -> &mut Self {
         self.op(format!("add rule to chain {}", rule.chain));
-        let rule = Rule {
-            handle: None,
-            ..rule.clone()
-        };
-        self.msg(Msg::NewRule, NLM_F_CREATE | NLM_F_APPEND, |w, t| {
-            encode_rule(w, t, &rule)
-        });
+        let rule = Rule { handle: None, ..rule.clone() };
+        self.msg(Msg::NewRule, NLM_F_CREATE | NLM_F_APPEND, |w, t| encode_rule(w, t, &rule));
         self
     }
 
     /// Replaces the rule with `handle` in place.
     pub fn replace_rule(&mut self, handle: u64, rule: &Rule) -> &mut Self {
         self.op(format!("replace rule {handle} in chain {}", rule.chain));
-        let rule = Rule {
-            handle: Some(handle),
-            ..rule.clone()
-        };
+        let rule = Rule { handle: Some(handle), ..rule.clone() };
         self.msg(Msg::NewRule, NLM_F_REPLACE, |w, t| encode_rule(w, t, &rule));
         self
     }
@@ -174,14 +145,7 @@ impl Batch {
         self.elements(Msg::DelSetElem, 0, "delete", set, elems)
     }
 
-    fn elements(
-        &mut self,
-        m: Msg,
-        flags: u16,
-        verb: &str,
-        set: &str,
-        elems: &[Element],
-    ) -> &mut Self {
+    fn elements(&mut self, m: Msg, flags: u16, verb: &str, set: &str, elems: &[Element]) -> &mut Self {
         if elems.is_empty() {
             return self;
         }
@@ -194,36 +158,21 @@ impl Batch {
 
     /// The operation that message `seq` belongs to.
     pub(crate) fn op_of_seq(&self, seq: u32) -> Option<usize> {
-        seq.checked_sub(1)
-            .and_then(|i| self.msg_op.get(i as usize).copied())
+        seq.checked_sub(1).and_then(|i| self.msg_op.get(i as usize).copied())
     }
 
     /// The whole batch, framed by BEGIN/END; with `generation`, the kernel
     /// refuses it if the ruleset changed since that generation was read.
     pub(crate) fn encode(&self, generation: Option<u32>) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.body.len() + 64);
-        let start = begin_msg(
-            &mut buf,
-            NFNL_MSG_BATCH_BEGIN,
-            0,
-            0,
-            libc::AF_UNSPEC as u8,
-            NFNL_SUBSYS_NFTABLES,
-        );
+        let start = begin_msg(&mut buf, NFNL_MSG_BATCH_BEGIN, 0, 0, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
         if let Some(g) = generation {
             Writer { buf: &mut buf }.be32(NFNL_BATCH_GENID, g);
         }
         end_msg(&mut buf, start);
         buf.extend_from_slice(&self.body);
         let end_seq = self.msg_op.len() as u32 + 1;
-        let start = begin_msg(
-            &mut buf,
-            NFNL_MSG_BATCH_END,
-            0,
-            end_seq,
-            libc::AF_UNSPEC as u8,
-            NFNL_SUBSYS_NFTABLES,
-        );
+        let start = begin_msg(&mut buf, NFNL_MSG_BATCH_END, 0, end_seq, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
         end_msg(&mut buf, start);
         buf
     }

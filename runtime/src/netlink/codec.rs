@@ -47,14 +47,7 @@ pub(crate) const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 /// Starts a message (nlmsghdr + nfgenmsg); finish it with [`end_msg`].
-pub(crate) fn begin_msg(
-    buf: &mut Vec<u8>,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    family: u8,
-    res_id: u16,
-) -> usize {
+pub(crate) fn begin_msg(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&0u32.to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
@@ -151,11 +144,7 @@ pub(crate) fn decode_data(data: &[u8]) -> Result<Data, Error> {
                         _ => {}
                     }
                 }
-                let need_chain = || {
-                    chain
-                        .clone()
-                        .ok_or(Error::Malformed("jump without chain".into()))
-                };
+                let need_chain = || chain.clone().ok_or(Error::Malformed("jump without chain".into()));
                 return Ok(Data::Verdict(match code {
                     Some(0) => Verdict::Drop,
                     Some(1) => Verdict::Accept,
@@ -189,13 +178,7 @@ pub(crate) fn decode_table_name(attrs: &[u8]) -> Result<String, Error> {
 
 // Chains.
 
-const HOOKS: [Hook; 5] = [
-    Hook::Prerouting,
-    Hook::Input,
-    Hook::Forward,
-    Hook::Output,
-    Hook::Postrouting,
-];
+const HOOKS: [Hook; 5] = [Hook::Prerouting, Hook::Input, Hook::Forward, Hook::Output, Hook::Postrouting];
 
 pub(crate) fn encode_chain(w: &mut Writer, table: &str, c: &Chain) {
     w.str(1, table);
@@ -218,14 +201,8 @@ pub(crate) fn encode_chain(w: &mut Writer, table: &str, c: &Chain) {
 
 /// Returns the chain's table and the chain.
 pub(crate) fn decode_chain(attrs: &[u8]) -> Result<(String, Chain), Error> {
-    let (mut table, mut name, mut hook, mut prio, mut policy, mut kind) = (
-        String::new(),
-        None,
-        None,
-        0,
-        Policy::Accept,
-        ChainType::Filter,
-    );
+    let (mut table, mut name, mut hook, mut prio, mut policy, mut kind) =
+        (String::new(), None, None, 0, Policy::Accept, ChainType::Filter);
     for a in Attrs::new(attrs) {
         match a? {
             (1, v) => table = attr::string(v)?,
@@ -235,24 +212,14 @@ pub(crate) fn decode_chain(attrs: &[u8]) -> Result<(String, Chain), Error> {
                     match a? {
                         (1, v) => {
                             let n = attr::be32(v)? as usize;
-                            hook = Some(
-                                *HOOKS
-                                    .get(n)
-                                    .ok_or(Error::Malformed(format!("unsupported hook {n}")))?,
-                            );
+                            hook = Some(*HOOKS.get(n).ok_or(Error::Malformed(format!("unsupported hook {n}")))?);
                         }
                         (2, v) => prio = attr::be32(v)? as i32,
                         _ => {}
                     }
                 }
             }
-            (5, v) => {
-                policy = if attr::be32(v)? == 1 {
-                    Policy::Accept
-                } else {
-                    Policy::Drop
-                }
-            }
+            (5, v) => policy = if attr::be32(v)? == 1 { Policy::Accept } else { Policy::Drop },
             (7, v) => {
                 kind = match attr::string(v)?.as_str() {
                     "nat" => ChainType::Nat,
@@ -264,12 +231,7 @@ pub(crate) fn decode_chain(attrs: &[u8]) -> Result<(String, Chain), Error> {
         }
     }
     let name = name.ok_or(Error::Malformed("chain without name".into()))?;
-    let base = hook.map(|hook| BaseChain {
-        kind,
-        hook,
-        priority: prio,
-        policy,
-    });
+    let base = hook.map(|hook| BaseChain { kind, hook, priority: prio, policy });
     Ok((table, Chain { name, base }))
 }
 
@@ -297,12 +259,7 @@ pub(crate) fn encode_rule(w: &mut Writer, table: &str, r: &Rule) {
 
 pub(crate) fn decode_rule(attrs: &[u8]) -> Result<(String, Rule), Error> {
     let mut table = String::new();
-    let mut rule = Rule {
-        chain: String::new(),
-        handle: None,
-        exprs: Vec::new(),
-        comment: None,
-    };
+    let mut rule = Rule { chain: String::new(), handle: None, exprs: Vec::new(), comment: None };
     for a in Attrs::new(attrs) {
         match a? {
             (1, v) => table = attr::string(v)?,
@@ -395,17 +352,9 @@ pub(crate) fn encode_set(w: &mut Writer, table: &str, s: &Set, id: u32) {
         w.be64(11, t.as_millis() as u64);
     }
     let mut ud = Vec::new();
-    udata::put(
-        &mut ud,
-        UDATA_SET_KEYBYTEORDER,
-        &byteorder(&s.key).to_ne_bytes(),
-    );
+    udata::put(&mut ud, UDATA_SET_KEYBYTEORDER, &byteorder(&s.key).to_ne_bytes());
     if let Some(SetData::Value(types)) = &s.data {
-        udata::put(
-            &mut ud,
-            UDATA_SET_DATABYTEORDER,
-            &byteorder(types).to_ne_bytes(),
-        );
+        udata::put(&mut ud, UDATA_SET_DATABYTEORDER, &byteorder(types).to_ne_bytes());
     }
     if let Some(c) = &s.comment {
         udata::put_comment(&mut ud, UDATA_SET_COMMENT, c);
@@ -424,10 +373,8 @@ pub(crate) fn decode_set(attrs: &[u8]) -> Result<(String, Set), Error> {
             (3, v) => flags = attr::be32(v)?,
             (4, v) => {
                 let id = attr::be32(v)?;
-                key = Some(
-                    KeyType::decode_concat(id)
-                        .ok_or(Error::Malformed(format!("unsupported key type {id:#x}")))?,
-                );
+                key =
+                    Some(KeyType::decode_concat(id).ok_or(Error::Malformed(format!("unsupported key type {id:#x}")))?);
             }
             (6, v) => {
                 let id = attr::be32(v)?;
@@ -435,8 +382,7 @@ pub(crate) fn decode_set(attrs: &[u8]) -> Result<(String, Set), Error> {
                     SetData::Verdict
                 } else {
                     SetData::Value(
-                        KeyType::decode_concat(id)
-                            .ok_or(Error::Malformed(format!("unsupported data type {id:#x}")))?,
+                        KeyType::decode_concat(id).ok_or(Error::Malformed(format!("unsupported data type {id:#x}")))?,
                     )
                 });
             }

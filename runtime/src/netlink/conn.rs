@@ -70,9 +70,7 @@ fn nlmsgerr(payload: &[u8]) -> Result<(i32, u32), Error> {
         .get(0..4)
         .map(|b| -i32::from_ne_bytes(b.try_into().unwrap()))
         .ok_or(Error::Malformed("short error message".into()))?;
-    let seq = payload
-        .get(12..16)
-        .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()));
+    let seq = payload.get(12..16).map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()));
     Ok((errno, seq))
 }
 
@@ -84,11 +82,7 @@ impl Conn {
         if setsockopt(&sock, libc::SO_RCVBUFFORCE, RCVBUF_SIZE).is_err() {
             sock.set_rx_buf_sz(RCVBUF_SIZE)?;
         }
-        Ok(Conn {
-            sock,
-            seq: 0,
-            buf: vec![0; RECV_BUF],
-        })
+        Ok(Conn { sock, seq: 0, buf: vec![0; RECV_BUF] })
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -124,11 +118,7 @@ impl Conn {
                     NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         let (errno, _) = nlmsgerr(msg.payload)?;
-                        return if errno == 0 {
-                            Ok(())
-                        } else {
-                            Err(kernel_error(errno))
-                        };
+                        return if errno == 0 { Ok(()) } else { Err(kernel_error(errno)) };
                     }
                     _ => on(&msg)?,
                 }
@@ -166,10 +156,7 @@ impl Conn {
             .or_else(|_| setsockopt(&self.sock, libc::SO_SNDBUF, bytes.len() + 4096))?;
         let sent = self.sock.send(&bytes, 0)?;
         if sent != bytes.len() {
-            return Err(Error::Malformed(format!(
-                "short send: {sent} of {} bytes",
-                bytes.len()
-            )));
+            return Err(Error::Malformed(format!("short send: {sent} of {} bytes", bytes.len())));
         }
         // The kernel processes the batch inside send(): every error is
         // already queued, so draining without blocking sees them all.
@@ -223,13 +210,7 @@ impl Conn {
 
     /// Dumps one kind of object, asking the kernel to filter by table and
     /// keeping only that table's objects where it does not.
-    fn dump_table<T>(
-        &mut self,
-        m: Msg,
-        family: u8,
-        table: &str,
-        decode: Decoder<T>,
-    ) -> Result<Vec<T>, Error> {
+    fn dump_table<T>(&mut self, m: Msg, family: u8, table: &str, decode: Decoder<T>) -> Result<Vec<T>, Error> {
         let mut out = Vec::new();
         self.request(
             m,
@@ -247,12 +228,7 @@ impl Conn {
         Ok(out)
     }
 
-    fn read_table_once(
-        &mut self,
-        family: Family,
-        name: &str,
-        generation: u32,
-    ) -> Result<Option<TableState>, Error> {
+    fn read_table_once(&mut self, family: Family, name: &str, generation: u32) -> Result<Option<TableState>, Error> {
         let fam = family.code();
         let mut found = false;
         let res = self.request(
@@ -261,8 +237,7 @@ impl Conn {
             false,
             |w| w.str(1, name),
             |msg| {
-                found |= msg.nft() == Some(Msg::NewTable as u16)
-                    && decode_table_name(msg.attrs())? == name;
+                found |= msg.nft() == Some(Msg::NewTable as u16) && decode_table_name(msg.attrs())? == name;
                 Ok(())
             },
         );
@@ -293,10 +268,7 @@ impl Conn {
         }
         Ok(Some(TableState {
             generation,
-            table: Table {
-                family,
-                name: name.to_owned(),
-            },
+            table: Table { family, name: name.to_owned() },
             chains,
             sets: with_elems,
             rules,

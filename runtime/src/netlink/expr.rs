@@ -194,9 +194,7 @@ fn reg_of(v: Option<&[u8]>, what: &str) -> Result<Reg, Error> {
 }
 
 fn opt_reg(v: Option<&[u8]>) -> Result<Option<Reg>, Error> {
-    v.map(attr::be32)
-        .transpose()
-        .map(|r| r.map(Reg::from_kernel))
+    v.map(attr::be32).transpose().map(|r| r.map(Reg::from_kernel))
 }
 
 /// Collects one level of attributes into a small table indexed by type.
@@ -216,31 +214,13 @@ fn index<T: Copy + PartialEq>(all: &[T], v: T) -> u32 {
 }
 
 fn pick<T: Copy>(all: &[T], code: u32, what: &str) -> Result<T, Error> {
-    all.get(code as usize)
-        .copied()
-        .ok_or_else(|| Error::Malformed(format!("unsupported {what} {code}")))
+    all.get(code as usize).copied().ok_or_else(|| Error::Malformed(format!("unsupported {what} {code}")))
 }
 
-const BASES: [PayloadBase; 3] = [
-    PayloadBase::Link,
-    PayloadBase::Network,
-    PayloadBase::Transport,
-];
-const CMP_OPS: [CmpOp; 6] = [
-    CmpOp::Eq,
-    CmpOp::Neq,
-    CmpOp::Lt,
-    CmpOp::Lte,
-    CmpOp::Gt,
-    CmpOp::Gte,
-];
+const BASES: [PayloadBase; 3] = [PayloadBase::Link, PayloadBase::Network, PayloadBase::Transport];
+const CMP_OPS: [CmpOp; 6] = [CmpOp::Eq, CmpOp::Neq, CmpOp::Lt, CmpOp::Lte, CmpOp::Gt, CmpOp::Gte];
 const CT_KEYS: [CtKey; 4] = [CtKey::State, CtKey::State, CtKey::Status, CtKey::Mark];
-const FIB_RESULTS: [FibResult; 4] = [
-    FibResult::Oif,
-    FibResult::Oif,
-    FibResult::Oifname,
-    FibResult::AddrType,
-];
+const FIB_RESULTS: [FibResult; 4] = [FibResult::Oif, FibResult::Oif, FibResult::Oifname, FibResult::AddrType];
 const DYNSET_OPS: [DynsetOp; 3] = [DynsetOp::Add, DynsetOp::Update, DynsetOp::Delete];
 
 fn meta_code(k: MetaKey) -> u32 {
@@ -288,10 +268,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn opt_ms(v: Option<&[u8]>) -> Result<Option<Duration>, Error> {
-    Ok(v.map(attr::be64)
-        .transpose()?
-        .filter(|&ms| ms != 0)
-        .map(Duration::from_millis))
+    Ok(v.map(attr::be64).transpose()?.filter(|&ms| ms != 0).map(Duration::from_millis))
 }
 
 impl Expr {
@@ -322,12 +299,7 @@ impl Expr {
 
     fn encode_data(&self, w: &mut Writer) {
         match self {
-            Expr::Payload {
-                dreg,
-                base,
-                offset,
-                len,
-            } => {
+            Expr::Payload { dreg, base, offset, len } => {
                 w.be32(1, dreg.0);
                 w.be32(2, index(&BASES, *base));
                 w.be32(3, *offset);
@@ -346,24 +318,14 @@ impl Expr {
                 w.be32(2, index(&CMP_OPS, *op));
                 w.nest(3, |w| encode_data(w, &Data::Value(data.clone())));
             }
-            Expr::Bitwise {
-                sreg,
-                dreg,
-                mask,
-                xor,
-            } => {
+            Expr::Bitwise { sreg, dreg, mask, xor } => {
                 w.be32(1, sreg.0);
                 w.be32(2, dreg.0);
                 w.be32(3, mask.len() as u32);
                 w.nest(4, |w| encode_data(w, &Data::Value(mask.clone())));
                 w.nest(5, |w| encode_data(w, &Data::Value(xor.clone())));
             }
-            Expr::Lookup {
-                set,
-                sreg,
-                dreg,
-                invert,
-            } => {
+            Expr::Lookup { set, sreg, dreg, invert } => {
                 w.str(1, set);
                 w.be32(2, sreg.0);
                 if let Some(d) = dreg {
@@ -381,33 +343,18 @@ impl Expr {
                 w.be32(1, dreg.0);
                 w.be32(2, ct_code(*key));
             }
-            Expr::Fib {
-                dreg,
-                result,
-                flags,
-            } => {
+            Expr::Fib { dreg, result, flags } => {
                 w.be32(1, dreg.0);
                 w.be32(2, fib_code(*result));
                 w.be32(3, *flags);
             }
-            Expr::Numgen {
-                dreg,
-                random,
-                modulus,
-                offset,
-            } => {
+            Expr::Numgen { dreg, random, modulus, offset } => {
                 w.be32(1, dreg.0);
                 w.be32(2, *modulus);
                 w.be32(3, u32::from(*random));
                 w.be32(4, *offset);
             }
-            Expr::Nat {
-                kind,
-                family,
-                addr,
-                port,
-                flags,
-            } => {
+            Expr::Nat { kind, family, addr, port, flags } => {
                 w.be32(1, matches!(kind, NatKind::Dnat) as u32);
                 w.be32(2, u32::from(family.code()));
                 let mut f = *flags;
@@ -435,13 +382,7 @@ impl Expr {
                 }
                 RejectKind::TcpReset => w.be32(1, 1),
             },
-            Expr::Dynset {
-                op,
-                set,
-                sreg_key,
-                sreg_data,
-                timeout,
-            } => {
+            Expr::Dynset { op, set, sreg_key, sreg_data, timeout } => {
                 w.str(1, set);
                 w.be32(3, index(&DYNSET_OPS, *op));
                 w.be32(4, sreg_key.0);
@@ -485,14 +426,8 @@ impl Expr {
             "meta" => {
                 let key = meta_key(be32_of(t[2], "meta key")?)?;
                 match t[1] {
-                    Some(d) => Expr::Meta {
-                        dreg: Reg::from_kernel(attr::be32(d)?),
-                        key,
-                    },
-                    None => Expr::MetaSet {
-                        key,
-                        sreg: reg_of(t[3], "meta sreg")?,
-                    },
+                    Some(d) => Expr::Meta { dreg: Reg::from_kernel(attr::be32(d)?), key },
+                    None => Expr::MetaSet { key, sreg: reg_of(t[3], "meta sreg")? },
                 }
             }
             "cmp" => Expr::Cmp {
@@ -517,14 +452,10 @@ impl Expr {
                 dreg: opt_reg(t[3])?,
                 invert: t[5].map(attr::be32).transpose()?.unwrap_or(0) & 1 != 0,
             },
-            "immediate" => Expr::Immediate {
-                dreg: reg_of(t[1], "immediate dreg")?,
-                data: decode_data(t[2].unwrap_or_default())?,
-            },
-            "ct" => Expr::Ct {
-                dreg: reg_of(t[1], "ct dreg")?,
-                key: ct_key(be32_of(t[2], "ct key")?)?,
-            },
+            "immediate" => {
+                Expr::Immediate { dreg: reg_of(t[1], "immediate dreg")?, data: decode_data(t[2].unwrap_or_default())? }
+            }
+            "ct" => Expr::Ct { dreg: reg_of(t[1], "ct dreg")?, key: ct_key(be32_of(t[2], "ct key")?)? },
             "fib" => Expr::Fib {
                 dreg: reg_of(t[1], "fib dreg")?,
                 result: match be32_of(t[2], "fib result")? {
@@ -546,21 +477,14 @@ impl Expr {
                     f => return Err(Error::Malformed(format!("unsupported nat family {f}"))),
                 };
                 Expr::Nat {
-                    kind: if be32_of(t[1], "nat type")? == 1 {
-                        NatKind::Dnat
-                    } else {
-                        NatKind::Snat
-                    },
+                    kind: if be32_of(t[1], "nat type")? == 1 { NatKind::Dnat } else { NatKind::Snat },
                     family,
                     addr: opt_reg(t[3])?,
                     port: opt_reg(t[5])?,
-                    flags: t[7].map(attr::be32).transpose()?.unwrap_or(0)
-                        & !(NAT_MAP_IPS | NAT_PROTO_SPECIFIED),
+                    flags: t[7].map(attr::be32).transpose()?.unwrap_or(0) & !(NAT_MAP_IPS | NAT_PROTO_SPECIFIED),
                 }
             }
-            "masq" => Expr::Masq {
-                flags: t[1].map(attr::be32).transpose()?.unwrap_or(0),
-            },
+            "masq" => Expr::Masq { flags: t[1].map(attr::be32).transpose()?.unwrap_or(0) },
             "reject" => Expr::Reject(match be32_of(t[1], "reject type")? {
                 1 => RejectKind::TcpReset,
                 0 => RejectKind::IcmpUnreach(attr::u8(t[2].unwrap_or_default())?),

@@ -16,12 +16,11 @@ mod objects;
 pub use batch::Batch;
 pub use conn::{Conn, TableState};
 pub use expr::{
-    fib_flags, nat_flags, CmpOp, CtKey, DynsetOp, Expr, FibResult, MetaKey, NatKind, PayloadBase,
-    Reg, RejectKind,
+    fib_flags, nat_flags, CmpOp, CtKey, DynsetOp, Expr, FibResult, MetaKey, NatKind, PayloadBase, Reg, RejectKind,
 };
 pub use objects::{
-    concat, BaseChain, Chain, ChainType, Data, Element, Family, Hook, KeyType, Policy, Rule, Set,
-    SetData, SetFlags, Table, Verdict,
+    concat, BaseChain, Chain, ChainType, Data, Element, Family, Hook, KeyType, Policy, Rule, Set, SetData, SetFlags,
+    Table, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +32,7 @@ pub enum Error {
     #[error("the ruleset changed since its generation was read; recompute and retry")]
     GenerationChanged,
     #[error("kernel rejected operation {index} ({op}): {source}")]
-    Rejected {
-        index: usize,
-        op: String,
-        source: std::io::Error,
-    },
+    Rejected { index: usize, op: String, source: std::io::Error },
     #[error("kernel error: {0}")]
     Kernel(std::io::Error),
     #[error("malformed netlink message: {0}")]

@@ -90,15 +90,9 @@ impl KeyType {
     }
 
     pub(crate) fn from_id(id: u32) -> Option<Self> {
-        [
-            KeyType::Ipv4Addr,
-            KeyType::Ipv6Addr,
-            KeyType::InetProto,
-            KeyType::InetService,
-            KeyType::Mark,
-        ]
-        .into_iter()
-        .find(|t| t.id() == id)
+        [KeyType::Ipv4Addr, KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService, KeyType::Mark]
+            .into_iter()
+            .find(|t| t.id() == id)
     }
 
     /// Length in bytes of one value, before register padding.
@@ -124,12 +118,9 @@ impl KeyType {
     pub(crate) fn encode_concat(types: &[KeyType]) -> (u32, u32) {
         match types {
             [one] => (one.id(), one.byte_len()),
-            _ => types.iter().fold((0, 0), |(id, len), t| {
-                (
-                    (id << TYPE_BITS) | t.id(),
-                    len + t.byte_len().next_multiple_of(4),
-                )
-            }),
+            _ => types
+                .iter()
+                .fold((0, 0), |(id, len), t| ((id << TYPE_BITS) | t.id(), len + t.byte_len().next_multiple_of(4))),
         }
     }
 
@@ -215,17 +206,11 @@ pub struct Element {
 
 impl Element {
     pub fn new(key: Vec<u8>) -> Self {
-        Element {
-            key,
-            ..Element::default()
-        }
+        Element { key, ..Element::default() }
     }
 
     pub fn with_data(key: Vec<u8>, data: Data) -> Self {
-        Element {
-            data: Some(data),
-            ..Element::new(key)
-        }
+        Element { data: Some(data), ..Element::new(key) }
     }
 }
 
