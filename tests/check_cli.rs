@@ -21,8 +21,16 @@ fn valid_policy_exits_0() {
 }
 
 #[test]
-fn examples_directory_is_a_policy() {
-    assert_eq!(svcnft(&["check", "examples"]).0, Some(0));
+fn a_directory_is_one_policy_of_its_svc_files_in_name_order() {
+    let dir = std::env::temp_dir().join(format!("svcnft-cli-{}-dir", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    std::fs::write(dir.join("10-nodes.svc"), "node n1 { address 10.0.0.1 }\n").expect("write");
+    std::fs::write(dir.join("20-web.svc"), "service a/web { cluster-ip 10.96.0.1; port 80/tcp }\n").expect("write");
+    std::fs::write(dir.join("30-web.svc"), "endpoints a/web { endpoint 10.1.0.1 node n1 }\n").expect("write");
+    std::fs::write(dir.join("notes.txt"), "not a policy {").expect("write");
+    let result = svcnft(&["check", dir.to_str().expect("utf-8 path")]);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert_eq!(result, (Some(0), String::new(), String::new()));
 }
 
 #[test]
