@@ -887,3 +887,23 @@ fn missing_net_admin_is_reported() {
         ));
     });
 }
+
+#[test]
+fn element_timeouts_and_comments_round_trip() {
+    with_conn(|conn| {
+        let timed = Element {
+            timeout: Some(Duration::from_secs(3600)),
+            comment: Some("client".into()),
+            ..Element::new(vec![10, 0, 0, 1])
+        };
+        let default = Element::new(vec![10, 0, 0, 2]);
+        let mut b = Batch::new(Family::Ip, "t");
+        b.add_table()
+            .add_set(&aff_set(KeyType::Ipv4Addr))
+            .add_elements("aff", &[timed.clone(), default.clone()]);
+        conn.commit(&b, None).unwrap();
+        let state = conn.read_table(Family::Ip, "t").unwrap().unwrap();
+        assert_eq!(state.sets[0].0, aff_set(KeyType::Ipv4Addr));
+        assert_eq!(sorted(state.sets[0].1.clone()), vec![timed, default]);
+    });
+}

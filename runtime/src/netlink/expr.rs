@@ -578,3 +578,91 @@ impl Expr {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{Family, Verdict};
+
+    #[test]
+    fn every_expression_round_trips() {
+        let r = Reg::r32(2);
+        let exprs = [
+            Expr::Payload {
+                dreg: r,
+                base: PayloadBase::Transport,
+                offset: 2,
+                len: 2,
+            },
+            Expr::Meta {
+                dreg: r,
+                key: MetaKey::NfProto,
+            },
+            Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: r,
+            },
+            Expr::Cmp {
+                sreg: r,
+                op: CmpOp::Gte,
+                data: vec![1, 2],
+            },
+            Expr::Bitwise {
+                sreg: r,
+                dreg: Reg::r32(3),
+                mask: vec![255, 255, 0, 0],
+                xor: vec![0; 4],
+            },
+            Expr::Lookup {
+                set: "s".into(),
+                sreg: r,
+                dreg: None,
+                invert: true,
+            },
+            Expr::Immediate {
+                dreg: Reg::VERDICT,
+                data: Data::Verdict(Verdict::Goto("c".into())),
+            },
+            Expr::Ct {
+                dreg: r,
+                key: CtKey::Status,
+            },
+            Expr::Fib {
+                dreg: r,
+                result: FibResult::Oif,
+                flags: fib_flags::SADDR | fib_flags::IIF,
+            },
+            Expr::Numgen {
+                dreg: r,
+                random: false,
+                modulus: 7,
+                offset: 3,
+            },
+            Expr::Nat {
+                kind: NatKind::Snat,
+                family: Family::Ip6,
+                addr: Some(Reg::r32(0)),
+                port: None,
+                flags: nat_flags::PERSISTENT,
+            },
+            Expr::Masq {
+                flags: nat_flags::PROTO_RANDOM,
+            },
+            Expr::Reject(RejectKind::TcpReset),
+            Expr::Reject(RejectKind::IcmpUnreach(4)),
+            Expr::Dynset {
+                op: DynsetOp::Add,
+                set: "m".into(),
+                sreg_key: r,
+                sreg_data: Some(Reg::r32(4)),
+                timeout: Some(Duration::from_secs(60)),
+            },
+            Expr::Counter,
+        ];
+        for e in exprs {
+            let mut buf = Vec::new();
+            e.encode(&mut Writer { buf: &mut buf });
+            assert_eq!(Expr::decode(&buf).unwrap(), e);
+        }
+    }
+}
