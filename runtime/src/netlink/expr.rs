@@ -183,6 +183,12 @@ pub enum Expr {
         timeout: Option<Duration>,
     },
     Counter,
+    /// An expression this layer does not model, kept verbatim from a dump so
+    /// that a rule holding it can still be compared and deleted.
+    Raw {
+        name: String,
+        data: Vec<u8>,
+    },
 }
 
 fn be32_of(v: Option<&[u8]>, what: &str) -> Result<u32, Error> {
@@ -295,7 +301,7 @@ fn opt_ms(v: Option<&[u8]>) -> Result<Option<Duration>, Error> {
 }
 
 impl Expr {
-    pub(crate) fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Expr::Payload { .. } => "payload",
             Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
@@ -311,6 +317,7 @@ impl Expr {
             Expr::Reject(_) => "reject",
             Expr::Dynset { .. } => "dynset",
             Expr::Counter => "counter",
+            Expr::Raw { name, .. } => name,
         }
     }
 
@@ -453,6 +460,7 @@ impl Expr {
                 }
             }
             Expr::Counter => {}
+            Expr::Raw { data, .. } => w.buf.extend_from_slice(data),
         }
     }
 
@@ -468,6 +476,15 @@ impl Expr {
             }
         }
         let name = name.ok_or_else(|| Error::Malformed("expression without name".into()))?;
+        Ok(
+            Self::decode_known(&name, data).unwrap_or_else(|_| Expr::Raw {
+                name,
+                data: data.to_vec(),
+            }),
+        )
+    }
+
+    fn decode_known(name: &str, data: &[u8]) -> Result<Expr, Error> {
         let t = table(data)?;
         let value = |i: usize, what: &str| -> Result<Vec<u8>, Error> {
             match decode_data(t[i].ok_or_else(|| Error::Malformed(format!("missing {what}")))?)? {
@@ -475,7 +492,7 @@ impl Expr {
                 Data::Verdict(_) => Err(Error::Malformed(format!("{what} is a verdict"))),
             }
         };
-        Ok(match name.as_str() {
+        Ok(match name {
             "payload" => Expr::Payload {
                 dreg: reg_of(t[1], "payload dreg")?,
                 base: pick(&BASES, be32_of(t[2], "payload base")?, "payload base")?,
@@ -664,5 +681,21 @@ mod tests {
             e.encode(&mut Writer { buf: &mut buf });
             assert_eq!(Expr::decode(&buf).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn unmodelled_expressions_are_kept_verbatim() {
+        let mut buf = Vec::new();
+        let mut w = Writer { buf: &mut buf };
+        w.str(1, "meta");
+        w.nest(2, |w| {
+            w.be32(1, 8);
+            w.be32(2, 6);
+        });
+        let e = Expr::decode(&buf).unwrap();
+        assert!(matches!(&e, Expr::Raw { name, .. } if name == "meta"));
+        let mut again = Vec::new();
+        e.encode(&mut Writer { buf: &mut again });
+        assert_eq!(again, buf);
     }
 }
