@@ -22,6 +22,14 @@ const IP_NFT: &str = r#"table ip svc {
 		comment "cluster IPs"
 		elements = { 10.96.0.10 . tcp . 53 : goto svc-dns, 10.96.0.1 . udp . 443 comment "api" : goto svc-dns }
 	}
+	map ep-addr {
+		type ipv4_addr : ipv4_addr . inet_service
+		elements = { 10.96.0.20 : 10.1.1.2 . 8443 }
+	}
+	set marks {
+		type mark
+		elements = { 0x00004000, 0x00000001 }
+	}
 	chain nat-prerouting {
 		type nat hook prerouting priority -100; policy accept;
 		jump services
@@ -65,6 +73,10 @@ const IP_NFT: &str = r#"table ip svc {
 		update @aff { ip saddr }
 		meta l4proto tcp dnat to 10.1.1.1:8080
 		accept
+	}
+	chain ep2 {
+		meta mark @marks meta l4proto tcp dnat ip to ip daddr map @ep-addr
+		ct mark 0x2 update @aff { ip saddr timeout 1h }
 	}
 }"#;
 
@@ -192,6 +204,18 @@ fn aff_set(key: KeyType) -> Set {
     }
 }
 
+fn plain_set(name: &str, key: KeyType) -> Set {
+    Set {
+        name: name.into(),
+        key: vec![key],
+        data: None,
+        flags: SetFlags::default(),
+        size: None,
+        timeout: None,
+        comment: None,
+    }
+}
+
 fn svc_map(addr: KeyType, comment: Option<&str>) -> Set {
     Set {
         name: "svc-ips".into(),
@@ -225,16 +249,10 @@ fn ip_objects() -> Objects {
         chain("masquerading", None),
         chain("svc-dns", None),
         chain("ep1", None),
+        chain("ep2", None),
     ];
-    let cidrs = Set {
-        name: "cidrs".into(),
-        key: vec![KeyType::Ipv4Addr],
-        data: None,
-        flags: SetFlags { interval: true, ..SetFlags::default() },
-        size: None,
-        timeout: None,
-        comment: None,
-    };
+    let cidrs =
+        Set { flags: SetFlags { interval: true, ..SetFlags::default() }, ..plain_set("cidrs", KeyType::Ipv4Addr) };
     let api = Element { comment: Some("api".into()), ..svc_elem(&[10, 96, 0, 1], 17, 443, "svc-dns") };
     let sets = vec![
         (aff_set(KeyType::Ipv4Addr), vec![]),
@@ -249,6 +267,22 @@ fn ip_objects() -> Objects {
             ],
         ),
         (svc_map(KeyType::Ipv4Addr, Some("cluster IPs")), vec![svc_elem(&[10, 96, 0, 10], 6, 53, "svc-dns"), api]),
+        (
+            Set {
+                name: "ep-addr".into(),
+                key: vec![KeyType::Ipv4Addr],
+                data: Some(SetData::Value(vec![KeyType::Ipv4Addr, KeyType::InetService])),
+                ..plain_set("ep-addr", KeyType::Ipv4Addr)
+            },
+            vec![Element::with_data(
+                vec![10, 96, 0, 20],
+                Data::Value(concat(&[&[10, 1, 1, 2], &8443u16.to_be_bytes()])),
+            )],
+        ),
+        (
+            plain_set("marks", KeyType::Mark),
+            vec![Element::new(0x4000u32.to_ne_bytes().to_vec()), Element::new(1u32.to_ne_bytes().to_vec())],
+        ),
     ];
     let saddr = || payload(PayloadBase::Network, 12, 4, R0);
     let cidrs_lookup = |invert| Expr::Lookup { set: "cidrs".into(), sreg: R0, dreg: None, invert };
@@ -303,6 +337,39 @@ fn ip_objects() -> Objects {
         rule("ep1", update_aff(saddr())),
         rule("ep1", dnat(Family::Ip, &[10, 1, 1, 1], 8080)),
         rule("ep1", vec![verdict(Verdict::Accept)]),
+        rule(
+            "ep2",
+            vec![
+                meta(MetaKey::Mark),
+                Expr::Lookup { set: "marks".into(), sreg: R0, dreg: None, invert: false },
+                meta(MetaKey::L4Proto),
+                cmp(CmpOp::Eq, &[6]),
+                payload(PayloadBase::Network, 16, 4, R0),
+                Expr::Lookup { set: "ep-addr".into(), sreg: R0, dreg: Some(R0), invert: false },
+                Expr::Nat {
+                    kind: NatKind::Dnat,
+                    family: Family::Ip,
+                    addr: Some(R0),
+                    port: Some(Reg::r32(1)),
+                    flags: 0,
+                },
+            ],
+        ),
+        rule(
+            "ep2",
+            vec![
+                Expr::Ct { dreg: R0, key: CtKey::Mark },
+                cmp(CmpOp::Eq, &2u32.to_ne_bytes()),
+                saddr(),
+                Expr::Dynset {
+                    op: DynsetOp::Update,
+                    set: "aff".into(),
+                    sreg_key: R0,
+                    sreg_data: None,
+                    timeout: Some(Duration::from_secs(3600)),
+                },
+            ],
+        ),
     ];
     rules.retain(|r| !r.exprs.is_empty());
     (chains, sets, rules)
@@ -517,5 +584,115 @@ fn ten_thousand_rules() {
         assert_eq!(state.rules.len(), 10_000);
         assert_eq!(state.sets[0].1.len(), 10_000);
         eprintln!("10k rules + 10k elements: commit {commit:?}, read back {read:?}");
+    });
+}
+
+#[test]
+fn incremental_operations_by_handle() {
+    with_conn(|conn| {
+        let objects = ip_objects();
+        conn.commit(&build(Family::Ip, "svc", &objects), None).unwrap();
+        let state = conn.read_table(Family::Ip, "svc").unwrap().unwrap();
+        let in_chain =
+            |s: &TableState, c: &str| -> Vec<Rule> { s.rules.iter().filter(|r| r.chain == c).cloned().collect() };
+        let dns = in_chain(&state, "svc-dns");
+        let replacement = rule("svc-dns", numgen(5, 0, 4, "ep2"));
+        let mut b = Batch::new(Family::Ip, "svc");
+        b.replace_rule(dns[1].handle.unwrap(), &replacement)
+            .delete_rule("svc-dns", dns[2].handle.unwrap())
+            .flush_chain("masquerading")
+            .delete_elements("svc-ips", &objects.1[2].1[..1])
+            .delete_rule("ep2", in_chain(&state, "ep2")[0].handle.unwrap())
+            .delete_set("marks")
+            .add_elements("svc-ips", &[svc_elem(&[10, 96, 0, 11], 6, 80, "ep1")]);
+        conn.commit(&b, Some(state.generation)).unwrap();
+
+        let after = conn.read_table(Family::Ip, "svc").unwrap().unwrap();
+        let dns_after = in_chain(&after, "svc-dns");
+        assert_eq!(dns_after.len(), 3);
+        assert_eq!(dns_after[1].handle, dns[1].handle);
+        assert_eq!(dns_after[1].exprs, replacement.exprs);
+        assert_eq!(dns_after[2], dns[3]);
+        assert!(in_chain(&after, "masquerading").is_empty());
+        assert!(after.sets.iter().all(|(s, _)| s.name != "marks"));
+        let svc_ips = &after.sets.iter().find(|(s, _)| s.name == "svc-ips").unwrap().1;
+        let mut keys: Vec<&[u8]> = svc_ips.iter().map(|e| &e.key[..4]).collect();
+        keys.sort();
+        assert_eq!(keys, [&[10, 96, 0, 1][..], &[10, 96, 0, 11]]);
+
+        let mut b = Batch::new(Family::Ip, "svc");
+        b.delete_table();
+        conn.commit(&b, None).unwrap();
+        assert_eq!(conn.read_table(Family::Ip, "svc").unwrap(), None);
+    });
+}
+
+#[test]
+fn large_element_lists_span_messages() {
+    with_conn(|conn| {
+        let elems: Vec<Element> =
+            (0..1500u32).map(|i| svc_elem(&(0x0a60_0000 + i).to_be_bytes(), 17, 53, "c")).collect();
+        let mut b = Batch::new(Family::Ip, "big");
+        b.add_table()
+            .add_chain(&chain("c", None))
+            .add_set(&svc_map(KeyType::Ipv4Addr, None))
+            .add_elements("svc-ips", &elems);
+        conn.commit(&b, None).unwrap();
+        let state = conn.read_table(Family::Ip, "big").unwrap().unwrap();
+        assert_eq!(sorted(state.sets[0].1.clone()), sorted(elems));
+    });
+}
+
+/// Clears CAP_NET_ADMIN from the calling thread's effective set.
+fn drop_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header { version: 0x2008_0522, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as the
+    // kernel ABI requires; capset with pid 0 affects only this thread.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()), 0);
+        data[0].effective &= !(1 << CAP_NET_ADMIN);
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()), 0);
+    }
+}
+
+#[test]
+fn missing_net_admin_is_reported() {
+    with_conn(|conn| {
+        drop_net_admin();
+        let mut b = Batch::new(Family::Ip, "denied");
+        b.add_table();
+        assert!(matches!(conn.commit(&b, None), Err(Error::PermissionDenied)));
+    });
+}
+
+#[test]
+fn element_timeouts_and_comments_round_trip() {
+    with_conn(|conn| {
+        let timed = Element {
+            timeout: Some(Duration::from_secs(3600)),
+            comment: Some("client".into()),
+            ..Element::new(vec![10, 0, 0, 1])
+        };
+        let default = Element::new(vec![10, 0, 0, 2]);
+        let mut b = Batch::new(Family::Ip, "t");
+        b.add_table().add_set(&aff_set(KeyType::Ipv4Addr)).add_elements("aff", &[timed.clone(), default.clone()]);
+        conn.commit(&b, None).unwrap();
+        let state = conn.read_table(Family::Ip, "t").unwrap().unwrap();
+        assert_eq!(state.sets[0].0, aff_set(KeyType::Ipv4Addr));
+        assert_eq!(sorted(state.sets[0].1.clone()), vec![timed, default]);
     });
 }

@@ -148,7 +148,11 @@ impl Conn {
 
     /// Commits the batch atomically. With `generation`, the kernel refuses it
     /// ([`Error::GenerationChanged`]) if anything changed since.
+    /// An empty batch sends nothing.
     pub fn commit(&mut self, batch: &Batch, generation: Option<u32>) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let bytes = batch.encode(generation);
         // A batch split over several sends is no batch: raise the send buffer
         // so the kernel takes it whole.

@@ -183,6 +183,12 @@ pub enum Expr {
         timeout: Option<Duration>,
     },
     Counter,
+    /// An expression this layer does not model, kept verbatim from a dump so
+    /// that a rule holding it can still be compared and deleted.
+    Raw {
+        name: String,
+        data: Vec<u8>,
+    },
 }
 
 fn be32_of(v: Option<&[u8]>, what: &str) -> Result<u32, Error> {
@@ -272,7 +278,7 @@ fn opt_ms(v: Option<&[u8]>) -> Result<Option<Duration>, Error> {
 }
 
 impl Expr {
-    pub(crate) fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Expr::Payload { .. } => "payload",
             Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
@@ -288,6 +294,7 @@ impl Expr {
             Expr::Reject(_) => "reject",
             Expr::Dynset { .. } => "dynset",
             Expr::Counter => "counter",
+            Expr::Raw { name, .. } => name,
         }
     }
 
@@ -394,6 +401,7 @@ impl Expr {
                 }
             }
             Expr::Counter => {}
+            Expr::Raw { data, .. } => w.buf.extend_from_slice(data),
         }
     }
 
@@ -409,6 +417,10 @@ impl Expr {
             }
         }
         let name = name.ok_or_else(|| Error::Malformed("expression without name".into()))?;
+        Ok(Self::decode_known(&name, data).unwrap_or_else(|_| Expr::Raw { name, data: data.to_vec() }))
+    }
+
+    fn decode_known(name: &str, data: &[u8]) -> Result<Expr, Error> {
         let t = table(data)?;
         let value = |i: usize, what: &str| -> Result<Vec<u8>, Error> {
             match decode_data(t[i].ok_or_else(|| Error::Malformed(format!("missing {what}")))?)? {
@@ -416,7 +428,7 @@ impl Expr {
                 Data::Verdict(_) => Err(Error::Malformed(format!("{what} is a verdict"))),
             }
         };
-        Ok(match name.as_str() {
+        Ok(match name {
             "payload" => Expr::Payload {
                 dreg: reg_of(t[1], "payload dreg")?,
                 base: pick(&BASES, be32_of(t[2], "payload base")?, "payload base")?,
@@ -500,5 +512,67 @@ impl Expr {
             "counter" => Expr::Counter,
             other => return Err(Error::Malformed(format!("unsupported expression {other}"))),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{Family, Verdict};
+
+    #[test]
+    fn every_expression_round_trips() {
+        let r = Reg::r32(2);
+        let exprs = [
+            Expr::Payload { dreg: r, base: PayloadBase::Transport, offset: 2, len: 2 },
+            Expr::Meta { dreg: r, key: MetaKey::NfProto },
+            Expr::MetaSet { key: MetaKey::Mark, sreg: r },
+            Expr::Cmp { sreg: r, op: CmpOp::Gte, data: vec![1, 2] },
+            Expr::Bitwise { sreg: r, dreg: Reg::r32(3), mask: vec![255, 255, 0, 0], xor: vec![0; 4] },
+            Expr::Lookup { set: "s".into(), sreg: r, dreg: None, invert: true },
+            Expr::Immediate { dreg: Reg::VERDICT, data: Data::Verdict(Verdict::Goto("c".into())) },
+            Expr::Ct { dreg: r, key: CtKey::Status },
+            Expr::Fib { dreg: r, result: FibResult::Oif, flags: fib_flags::SADDR | fib_flags::IIF },
+            Expr::Numgen { dreg: r, random: false, modulus: 7, offset: 3 },
+            Expr::Nat {
+                kind: NatKind::Snat,
+                family: Family::Ip6,
+                addr: Some(Reg::r32(0)),
+                port: None,
+                flags: nat_flags::PERSISTENT,
+            },
+            Expr::Masq { flags: nat_flags::PROTO_RANDOM },
+            Expr::Reject(RejectKind::TcpReset),
+            Expr::Reject(RejectKind::IcmpUnreach(4)),
+            Expr::Dynset {
+                op: DynsetOp::Add,
+                set: "m".into(),
+                sreg_key: r,
+                sreg_data: Some(Reg::r32(4)),
+                timeout: Some(Duration::from_secs(60)),
+            },
+            Expr::Counter,
+        ];
+        for e in exprs {
+            let mut buf = Vec::new();
+            e.encode(&mut Writer { buf: &mut buf });
+            assert_eq!(Expr::decode(&buf).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn unmodelled_expressions_are_kept_verbatim() {
+        let mut buf = Vec::new();
+        let mut w = Writer { buf: &mut buf };
+        w.str(1, "meta");
+        w.nest(2, |w| {
+            w.be32(1, 8);
+            w.be32(2, 6);
+        });
+        let e = Expr::decode(&buf).unwrap();
+        assert!(matches!(&e, Expr::Raw { name, .. } if name == "meta"));
+        let mut again = Vec::new();
+        e.encode(&mut Writer { buf: &mut again });
+        assert_eq!(again, buf);
     }
 }

@@ -222,3 +222,21 @@ pub struct Rule {
     pub exprs: Vec<Expr>,
     pub comment: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenated_types_pack_like_nft() {
+        let key = [KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService];
+        assert_eq!(KeyType::encode_concat(&key), (0x730d, 12));
+        assert_eq!(KeyType::decode_concat(0x730d).unwrap(), key);
+        assert_eq!(KeyType::encode_concat(&[KeyType::Ipv6Addr]), (8, 16));
+    }
+
+    #[test]
+    fn concat_pads_components_to_registers() {
+        assert_eq!(concat(&[&[10, 0, 0, 1], &[6], &[0, 80]]), [10, 0, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
+    }
+}
