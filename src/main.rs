@@ -49,6 +49,23 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         node: String,
     },
+    /// Apply a node's ruleset to this network namespace: the difference from what
+    /// the kernel holds, in one atomic transaction.
+    ///
+    /// Prints `applied N operations in T ms` or `no changes`.
+    Apply {
+        /// Policy files, or directories whose *.svc files are read in name order.
+        #[arg(required = true, value_name = "POLICY")]
+        policy: Vec<PathBuf>,
+        /// The node this is.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// List the operations instead of sending them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove svcnft's tables from this network namespace (and nothing else).
+    Cleanup,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,6 +96,8 @@ fn main() -> ExitCode {
         Command::Check { policy } => check(&policy),
         Command::Compile { policy, node, format } => compile(&policy, &node, format),
         Command::Diff { old, new, node } => diff(&old, &new, &node),
+        Command::Apply { policy, node, dry_run } => apply(&policy, &node, dry_run),
+        Command::Cleanup => cleanup(),
     })
 }
 
@@ -165,5 +184,67 @@ fn check(paths: &[PathBuf]) -> u8 {
             eprint!("{}", diagnostics.render(&files));
             exit::INVALID
         }
+    }
+}
+
+fn open_applier() -> Result<svcnft_runtime::apply::Applier, u8> {
+    svcnft_runtime::apply::Applier::open().map_err(|e| {
+        eprintln!("svcnft: {e}");
+        exit::OTHER
+    })
+}
+
+fn summary(report: &svcnft_runtime::apply::ApplyReport) -> String {
+    if report.operations == 0 {
+        "no changes".into()
+    } else {
+        format!("applied {} operations in {} ms", report.operations, report.elapsed.as_millis())
+    }
+}
+
+fn apply(paths: &[PathBuf], node: &str, dry_run: bool) -> u8 {
+    let (_, ruleset) = match compile_for(paths, node) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let mut applier = match open_applier() {
+        Ok(applier) => applier,
+        Err(code) => return code,
+    };
+    if dry_run {
+        let transaction = applier.plan(&ruleset);
+        if transaction.is_empty() {
+            println!("no changes");
+        }
+        for op in &transaction.ops {
+            println!("{op}");
+        }
+        return exit::OK;
+    }
+    match applier.apply(&ruleset) {
+        Ok(report) => {
+            println!("{}", summary(&report));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("svcnft: {e}");
+            exit::OTHER
+        }
+    }
+}
+
+fn cleanup() -> u8 {
+    let result = open_applier().and_then(|mut applier| {
+        applier.cleanup().map_err(|e| {
+            eprintln!("svcnft: {e}");
+            exit::OTHER
+        })
+    });
+    match result {
+        Ok(report) => {
+            println!("{}", summary(&report));
+            exit::OK
+        }
+        Err(code) => code,
     }
 }

@@ -285,6 +285,26 @@ fn rule_chains(rule: &Rule) -> impl Iterator<Item = &str> {
     })
 }
 
+impl Op {
+    /// The family (table) the operation changes.
+    pub fn family(&self) -> Family {
+        match self {
+            Op::AddTable { family }
+            | Op::DeleteTable { family }
+            | Op::AddSet { family, .. }
+            | Op::DeleteSet { family, .. }
+            | Op::AddElements { family, .. }
+            | Op::DeleteElements { family, .. }
+            | Op::AddChain { family, .. }
+            | Op::DeleteChain { family, .. }
+            | Op::FlushChain { family, .. }
+            | Op::AppendRule { family, .. }
+            | Op::ReplaceRule { family, .. }
+            | Op::DeleteRule { family, .. } => *family,
+        }
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = |family: &Family| format!("{} svcnft", family_keyword(*family));

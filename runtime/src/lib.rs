@@ -1,5 +1,8 @@
-//! The svcnft runtime: the only stage with side effects.
+//! The svcnft runtime: the only stage with side effects. It reads policy files,
+//! and applies compiled rulesets to the kernel over netlink.
 
+pub mod apply;
+pub mod kernel;
 pub mod netlink;
 pub mod sources;
 #[cfg(feature = "testing")]

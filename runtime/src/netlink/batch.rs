@@ -28,12 +28,25 @@ impl Batch {
         Batch { family, table: table.to_owned(), body: Vec::new(), ops: Vec::new(), msg_op: Vec::new(), next_set_id: 1 }
     }
 
+    /// Addresses the operations that follow to another table, so that one batch
+    /// (one atomic commit) can change the tables of both families.
+    pub fn target(&mut self, family: Family, table: &str) -> &mut Self {
+        self.family = family;
+        table.clone_into(&mut self.table);
+        self
+    }
+
     pub fn family(&self) -> Family {
         self.family
     }
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// Netlink messages in the batch, without BEGIN and END.
+    pub fn messages(&self) -> usize {
+        self.msg_op.len()
     }
 
     pub fn is_empty(&self) -> bool {

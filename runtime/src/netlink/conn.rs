@@ -212,6 +212,29 @@ impl Conn {
         Err(Error::GenerationChanged)
     }
 
+    /// The rules of one chain, in order, with their handles: how a caller learns
+    /// the handles of rules it just added without reading the whole table.
+    pub fn read_rules(&mut self, family: Family, table: &str, chain: &str) -> Result<Vec<Rule>, Error> {
+        let mut out = Vec::new();
+        self.request(
+            Msg::GetRule,
+            family.code(),
+            true,
+            |w| {
+                w.str(1, table);
+                w.str(2, chain);
+            },
+            |msg| {
+                let (t, rule) = decode_rule(msg.attrs())?;
+                if t == table && rule.chain == chain {
+                    out.push(rule);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
     /// Dumps one kind of object, asking the kernel to filter by table and
     /// keeping only that table's objects where it does not.
     fn dump_table<T>(&mut self, m: Msg, family: u8, table: &str, decode: Decoder<T>) -> Result<Vec<T>, Error> {
