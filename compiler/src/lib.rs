@@ -6,6 +6,7 @@ pub mod plan;
 pub mod policy;
 pub mod render;
 pub mod ruleset;
+pub mod trace;
 
 pub use plan::{plan, NodePlan, PlanError};
 pub use policy::Policy;
