@@ -449,14 +449,17 @@ fn base_chains(plan: &FamilyPlan) -> Vec<Chain> {
             -110,
             vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(CLUSTER_IPS_CHECK)],
         ),
+        base("filter-output", ChainKind::Filter, Hook::Output, -110, vec![new_then_jump(FIREWALL_CHECK)]),
+        // After DNAT, as in forward: the node's own traffic that an eTP-local chain
+        // short-circuits to remote endpoints must not meet the "no local endpoint"
+        // drop of its external IP.
         base(
-            "filter-output",
+            "filter-output-post-dnat",
             ChainKind::Filter,
             Hook::Output,
-            -110,
-            vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(FIREWALL_CHECK)],
+            -90,
+            vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(CLUSTER_IPS_CHECK)],
         ),
-        base("filter-output-post-dnat", ChainKind::Filter, Hook::Output, -90, vec![new_then_jump(CLUSTER_IPS_CHECK)]),
         base("nat-prerouting", ChainKind::Nat, Hook::Prerouting, -100, vec![Rule::new(vec![], vec![jump(SERVICES)])]),
         base("nat-output", ChainKind::Nat, Hook::Output, -100, vec![Rule::new(vec![], vec![jump(SERVICES)])]),
         base(
