@@ -601,3 +601,157 @@ fn hook_word(hook: Hook) -> &'static str {
         Hook::Postrouting => "postrouting",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The interpreter's mechanics on hand-built tables, independent of lowering.
+
+    use super::*;
+    use crate::ruleset::{BaseHook, Element, Set, TABLE_NAME};
+
+    fn node() -> Node {
+        Node {
+            name: "n".into(),
+            addresses: vec!["10.0.0.1".parse().expect("address")],
+            local_addresses: Vec::new(),
+            pod_cidrs: vec!["10.1.0.0/24".parse().expect("prefix")],
+            zone: None,
+        }
+    }
+
+    fn chain(name: &str, hook: Option<(ChainKind, Hook, i32)>, rules: Vec<Rule>) -> Chain {
+        let hook = hook.map(|(kind, hook, priority)| BaseHook { kind, hook, priority });
+        Chain { name: name.into(), hook, rules }
+    }
+
+    fn rule(matches: Vec<Match>, statements: Vec<Statement>, comment: &str) -> Rule {
+        Rule::new(matches, statements).with_comment(comment)
+    }
+
+    fn verdict(v: Verdict) -> Statement {
+        Statement::Verdict(v)
+    }
+
+    fn dnat(address: &str, port: u16) -> Statement {
+        Statement::Dnat { address: address.parse().expect("address"), port }
+    }
+
+    /// A prerouting nat chain that DNATs everything to `address:80`.
+    fn dnat_chain(name: &str, priority: i32, address: &str) -> Chain {
+        chain(
+            name,
+            Some((ChainKind::Nat, Hook::Prerouting, priority)),
+            vec![rule(vec![], vec![dnat(address, 80)], name)],
+        )
+    }
+
+    fn run(sets: Vec<Set>, chains: Vec<Chain>, from: &str, to: &str, options: &TraceOptions) -> Trace {
+        let table = Table { family: Family::Ipv4, name: TABLE_NAME.into(), sets, chains };
+        let ruleset = Ruleset { tables: vec![table] };
+        let to = parse_destination(to).expect("destination");
+        let packet = Packet::new(from.parse().expect("address"), to, Protocol::Tcp).expect("one family");
+        trace(&ruleset, &node(), &packet, options)
+    }
+
+    fn comments(path: &[Step]) -> Vec<&str> {
+        path.iter().filter_map(|s| s.comment.as_deref()).collect()
+    }
+
+    #[test]
+    fn goto_does_not_return_to_its_caller() {
+        let chains = vec![
+            chain(
+                "base",
+                Some((ChainKind::Filter, Hook::Prerouting, 0)),
+                vec![
+                    rule(vec![], vec![verdict(Verdict::Jump("a".into()))], "jump a"),
+                    rule(vec![], vec![verdict(Verdict::Drop)], "after jump"),
+                ],
+            ),
+            chain(
+                "a",
+                None,
+                vec![
+                    rule(vec![], vec![verdict(Verdict::Goto("b".into()))], "goto b"),
+                    rule(vec![], vec![verdict(Verdict::Accept)], "after goto"),
+                ],
+            ),
+            chain("b", None, vec![rule(vec![], vec![verdict(Verdict::Return)], "return")]),
+        ];
+        let trace = run(Vec::new(), chains, "192.0.2.1", "10.0.0.1:80", &TraceOptions::default());
+        assert_eq!(trace.verdict, TraceVerdict::Drop);
+        assert_eq!(comments(&trace.path), ["jump a", "goto b", "return", "after jump"]);
+    }
+
+    #[test]
+    fn every_random_draw_forks() {
+        let rules = vec![
+            rule(vec![Match::Numgen { modulus: 3, value: 0 }], vec![dnat("10.1.0.5", 80)], "first"),
+            rule(vec![Match::Numgen { modulus: 2, value: 0 }], vec![dnat("10.2.0.5", 80)], "second"),
+            rule(vec![], vec![dnat("10.3.0.5", 80)], "last"),
+        ];
+        let chains = vec![chain("nat", Some((ChainKind::Nat, Hook::Prerouting, -100)), rules)];
+        let trace = run(Vec::new(), chains, "192.0.2.1", "10.9.0.1:80", &TraceOptions::default());
+        assert_eq!(trace.verdict, TraceVerdict::Dnat);
+        let endpoints: Vec<String> = trace.endpoints.iter().map(|e| e.to_string()).collect();
+        assert_eq!(endpoints, ["10.1.0.5:80", "10.2.0.5:80", "10.3.0.5:80"]);
+        assert_eq!(trace.paths.len(), 3);
+        assert!(!trace.masquerade);
+        assert_eq!(trace.source_seen, "192.0.2.1".parse().ok());
+    }
+
+    #[test]
+    fn masquerade_source_is_the_address_toward_the_endpoint() {
+        let chains = vec![
+            dnat_chain("nat", -100, "10.1.0.5"),
+            chain(
+                "snat",
+                Some((ChainKind::Nat, Hook::Postrouting, 100)),
+                vec![rule(vec![Match::CtStatusDnat], vec![Statement::Masquerade], "masquerade")],
+            ),
+        ];
+        let trace = run(Vec::new(), chains, "192.0.2.1", "10.9.0.1:80", &TraceOptions::default());
+        assert!(trace.masquerade);
+        assert_eq!(trace.source_seen, "10.1.0.1".parse().ok());
+    }
+
+    #[test]
+    fn prefixes_compare_under_their_mask_in_concatenated_keys() {
+        let set = Set {
+            name: "m".into(),
+            key: Vec::new(),
+            verdict_map: true,
+            dynamic_timeout: None,
+            comment: None,
+            elements: vec![Element {
+                key: vec![Value::Net("10.9.0.0/16".parse().expect("prefix")), Value::Proto(Protocol::Tcp)],
+                verdict: Some(Verdict::Drop),
+            }],
+        };
+        let dispatch = Statement::Vmap { key: vec![Field::Daddr, Field::L4Proto], map: "m".into() };
+        let chains =
+            vec![chain("base", Some((ChainKind::Filter, Hook::Prerouting, 0)), vec![rule(vec![], vec![dispatch], "")])];
+        let dropped = run(vec![set.clone()], chains.clone(), "192.0.2.1", "10.9.4.4:80", &TraceOptions::default());
+        assert_eq!(dropped.verdict, TraceVerdict::Drop);
+        assert_eq!(dropped.path[0].lookup.as_deref(), Some("drop"));
+        let passed = run(vec![set], chains, "192.0.2.1", "10.8.4.4:80", &TraceOptions::default());
+        assert_eq!(passed.verdict, TraceVerdict::Pass);
+        assert!(passed.path.is_empty());
+    }
+
+    #[test]
+    fn nat_is_decided_once_per_hook() {
+        let chains = vec![dnat_chain("first", -100, "10.1.0.5"), dnat_chain("second", -50, "10.1.0.6")];
+        let trace = run(Vec::new(), chains, "192.0.2.1", "10.9.0.1:80", &TraceOptions::default());
+        let endpoints: Vec<String> = trace.endpoints.iter().map(|e| e.to_string()).collect();
+        assert_eq!(endpoints, ["10.1.0.5:80"]);
+    }
+
+    #[test]
+    fn parses_destinations_and_protocols() {
+        assert_eq!(parse_destination("[fd00::1]:80").map(|a| a.to_string()), Ok("[fd00::1]:80".to_string()));
+        assert_eq!(parse_destination("10.0.0.1:8080").map(|a| a.port()), Ok(8080));
+        assert_eq!(parse_protocol("sctp"), Ok(Protocol::Sctp));
+        assert_eq!(parse_protocol("udp"), Ok(Protocol::Udp));
+    }
+}

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use support::*;
 use svcnft_compiler::policy::LoadBalancerIpMode::{Proxy, Vip};
 use svcnft_compiler::policy::NodePortAddresses;
+use svcnft_compiler::policy::TrafficDistribution::{PreferSameNode, PreferSameZone};
 use svcnft_compiler::trace::{self, Packet, TraceError, TraceOptions};
 
 const OUTSIDE: &str = "203.0.113.7";
@@ -593,6 +594,60 @@ fn udp_sctp_and_ports() {
             // No endpoints block at all.
             ("node-1", "10.244.1.9", "10.96.0.75:80", "tcp", "reject"),
             ("node-1", OUTSIDE, "10.96.0.75:80", "tcp", "reject"),
+        ],
+    );
+}
+
+#[test]
+fn host_network_endpoints() {
+    // An endpoint on a node's own address is delivered locally there: no
+    // postrouting, so the mark for masquerade has nothing to act on.
+    let p = cluster().svc(svc("default/host", &["10.96.0.90"]).http(None).ep("10.240.0.4", "node-2"));
+    check(
+        &p,
+        &[
+            ("node-1", "10.244.1.9", "10.96.0.90:80", "tcp", "dnat 10.240.0.4:8080 seen 10.244.1.9"),
+            ("node-1", OUTSIDE, "10.96.0.90:80", "tcp", "dnat 10.240.0.4:8080 masq seen 10.240.0.3"),
+            ("node-1", "10.240.0.3", "10.96.0.90:80", "tcp", "dnat 10.240.0.4:8080 masq seen 10.240.0.3"),
+            ("node-2", "10.244.2.9", "10.96.0.90:80", "tcp", "dnat 10.240.0.4:8080 seen 10.244.2.9"),
+            ("node-2", OUTSIDE, "10.96.0.90:80", "tcp", &format!("dnat 10.240.0.4:8080 seen {OUTSIDE}")),
+            ("node-2", "10.240.0.4", "10.96.0.90:80", "tcp", "dnat 10.240.0.4:8080 masq seen 10.240.0.4"),
+        ],
+    );
+}
+
+#[test]
+fn traffic_distribution() {
+    let p = cluster()
+        .zone("node-1", "zone-a")
+        .zone("node-2", "zone-a")
+        .zone("node-3", "zone-b")
+        .svc(
+            svc("default/zonal", &["10.96.0.91"])
+                .http(None)
+                .distribution(PreferSameZone)
+                .ep("10.244.1.30", "node-1")
+                .ep("10.244.3.30", "node-3"),
+        )
+        .svc(
+            svc("default/nodal", &["10.96.0.92"])
+                .http(None)
+                .distribution(PreferSameNode)
+                .ep("10.244.1.31", "node-1")
+                .ep("10.244.2.31", "node-2"),
+        )
+        .svc(svc("default/spread", &["10.96.0.93"]).http(None).ep("10.244.1.32", "node-1").ep("10.244.3.32", "node-3"));
+    check(
+        &p,
+        &[
+            ("node-1", "10.244.1.9", "10.96.0.91:80", "tcp", "dnat 10.244.1.30:8080 seen 10.244.1.9"),
+            ("node-2", "10.244.2.9", "10.96.0.91:80", "tcp", "dnat 10.244.1.30:8080 seen 10.244.2.9"),
+            ("node-3", "10.244.3.9", "10.96.0.91:80", "tcp", "dnat 10.244.3.30:8080 seen 10.244.3.9"),
+            ("node-1", "10.244.1.9", "10.96.0.92:80", "tcp", "dnat 10.244.1.31:8080 seen 10.244.1.9"),
+            ("node-2", "10.244.2.9", "10.96.0.92:80", "tcp", "dnat 10.244.2.31:8080 seen 10.244.2.9"),
+            // No endpoint on node-3 and none in its zone: every endpoint.
+            ("node-3", "10.244.3.9", "10.96.0.92:80", "tcp", "dnat 10.244.1.31:8080,10.244.2.31:8080 seen 10.244.3.9"),
+            ("node-2", "10.244.2.9", "10.96.0.93:80", "tcp", "dnat 10.244.1.32:8080,10.244.3.32:8080 seen 10.244.2.9"),
         ],
     );
 }

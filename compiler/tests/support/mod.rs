@@ -54,6 +54,13 @@ impl P {
         self
     }
 
+    pub fn zone(mut self, node: &str, zone: &str) -> P {
+        if let Some(n) = self.0.nodes.iter_mut().find(|n| n.name == node) {
+            n.zone = Some(zone.into());
+        }
+        self
+    }
+
     pub fn masquerade_all(mut self) -> P {
         self.0.cluster.masquerade_all = true;
         self
@@ -140,6 +147,11 @@ impl S {
 
     pub fn itp_local(mut self) -> S {
         self.0.internal_traffic_policy = TrafficPolicy::Local;
+        self
+    }
+
+    pub fn distribution(mut self, distribution: TrafficDistribution) -> S {
+        self.0.traffic_distribution = Some(distribution);
         self
     }
 
