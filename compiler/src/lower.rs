@@ -378,6 +378,9 @@ impl<'a> Builder<'a> {
             sets.insert(1, set(NODEPORT_IPS, vec![addr], false, "addresses accepting node ports", elements));
         }
         self.affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
+        // The cluster and local chains of one port share an endpoint's set, so a
+        // client keeps its endpoint whichever chain it comes through.
+        self.affinity_sets.dedup_by(|a, b| a.name == b.name);
         sets.append(&mut self.affinity_sets);
 
         let mut chains = base_chains(self.plan);
