@@ -686,6 +686,41 @@ fn session_affinity() {
         &returning("10.244.1.17:8080"),
         &[("node-1", "10.244.3.9", "10.96.0.60:80", "tcp", "dnat 10.244.1.17:8080 seen 10.244.3.9")],
     );
+    // With eTP local, the cluster and local chains share each endpoint's set.
+    let local = cluster().svc(
+        svc("default/sticky-lb", &["10.96.0.61"])
+            .load_balancer()
+            .http(Some(30400))
+            .lb_ip("198.51.100.61", Vip)
+            .etp_local(32400)
+            .affinity(60)
+            .ep("10.244.1.18", "node-1")
+            .ep("10.244.2.18", "node-2"),
+    );
+    check(
+        &local,
+        &[
+            ("node-1", OUTSIDE, "198.51.100.61:80", "tcp", &format!("dnat 10.244.1.18:8080 seen {OUTSIDE}")),
+            (
+                "node-1",
+                "10.244.3.9",
+                "198.51.100.61:80",
+                "tcp",
+                "dnat 10.244.1.18:8080,10.244.2.18:8080 seen 10.244.3.9",
+            ),
+        ],
+    );
+    check_with(
+        &local,
+        &returning("10.244.2.18:8080"),
+        &[
+            ("node-1", "10.244.3.9", "198.51.100.61:80", "tcp", "dnat 10.244.2.18:8080 seen 10.244.3.9"),
+            ("node-1", "10.244.3.9", "10.96.0.61:80", "tcp", "dnat 10.244.2.18:8080 seen 10.244.3.9"),
+            ("node-2", OUTSIDE, "198.51.100.61:80", "tcp", &format!("dnat 10.244.2.18:8080 seen {OUTSIDE}")),
+            // The local chain has no rule for a remote endpoint: a local one is drawn.
+            ("node-1", OUTSIDE, "198.51.100.61:80", "tcp", &format!("dnat 10.244.1.18:8080 seen {OUTSIDE}")),
+        ],
+    );
     // Not an endpoint of this service: a new client.
     check_with(
         &p,

@@ -1,6 +1,7 @@
 //! Compact builders for policies and a table-driven flow checker, so that each
 //! flow reads as one line: node, source, destination, protocol, expectation.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::Duration;
@@ -221,6 +222,12 @@ pub type Flow<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
 /// Traces one packet through the ruleset compiled for `node`.
 pub fn run(policy: &Policy, node: &str, from: &str, to: &str, proto: &str, options: &TraceOptions) -> Trace {
     let (_, ruleset) = svcnft_compiler::compile(policy, node).expect("the node is declared");
+    for table in &ruleset.tables {
+        let sets: BTreeSet<&str> = table.sets.iter().map(|s| s.name.as_str()).collect();
+        let chains: BTreeSet<&str> = table.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(sets.len(), table.sets.len(), "a set is declared twice in {node}'s ruleset");
+        assert_eq!(chains.len(), table.chains.len(), "a chain is declared twice in {node}'s ruleset");
+    }
     let node = policy.node(node).expect("the node is declared");
     let to = trace::parse_destination(to).expect("a valid destination");
     let protocol = trace::parse_protocol(proto).expect("a valid protocol");
