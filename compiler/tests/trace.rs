@@ -437,6 +437,94 @@ fn source_ranges() {
     );
 }
 
+#[test]
+fn source_ranges_with_local_policy_and_without_endpoints() {
+    let p = cluster()
+        .svc(
+            svc("default/fw-local", &["10.96.0.34"])
+                .load_balancer()
+                .http(Some(30102))
+                .lb_ip("198.51.100.34", Vip)
+                .source_ranges(&["203.0.113.0/24"])
+                .etp_local(32034)
+                .ep("10.244.1.34", "node-1"),
+        )
+        .svc(
+            svc("default/fw-empty", &["10.96.0.35"])
+                .load_balancer()
+                .http(Some(30103))
+                .lb_ip("198.51.100.35", Vip)
+                .source_ranges(&["203.0.113.0/24"]),
+        );
+    check(
+        &p,
+        &[
+            ("node-1", OUTSIDE, "198.51.100.34:80", "tcp", &format!("dnat 10.244.1.34:8080 seen {OUTSIDE}")),
+            ("node-1", "198.18.0.1", "198.51.100.34:80", "tcp", "drop"),
+            ("node-2", OUTSIDE, "198.51.100.34:80", "tcp", "drop"),
+            ("node-2", "198.18.0.1", "198.51.100.34:80", "tcp", "drop"),
+            ("node-2", "198.18.0.1", "10.240.0.4:30102", "tcp", "drop"),
+            ("node-1", "198.18.0.1", "10.240.0.3:30102", "tcp", "dnat 10.244.1.34:8080 seen 198.18.0.1"),
+            // No endpoints: allowed sources are rejected, the rest dropped first.
+            ("node-1", OUTSIDE, "198.51.100.35:80", "tcp", "reject"),
+            ("node-1", "198.18.0.1", "198.51.100.35:80", "tcp", "drop"),
+            ("node-1", "198.18.0.1", "10.240.0.3:30103", "tcp", "reject"),
+            ("node-1", "10.244.1.9", "10.96.0.35:80", "tcp", "reject"),
+        ],
+    );
+}
+
+#[test]
+fn both_traffic_policies() {
+    let p = cluster()
+        .masquerade_all()
+        .svc(
+            svc("default/itp-np", &["10.96.0.36"])
+                .node_port()
+                .http(Some(30104))
+                .itp_local()
+                .ep("10.244.1.36", "node-1")
+                .ep("10.244.2.36", "node-2"),
+        )
+        .svc(
+            svc("default/all-local", &["10.96.0.37"])
+                .node_port()
+                .http(Some(30105))
+                .itp_local()
+                .etp_local(0)
+                .ep("10.244.1.37", "node-1"),
+        )
+        .svc(
+            svc("default/etp-only", &["10.96.0.38"])
+                .node_port()
+                .http(Some(30106))
+                .etp_local(0)
+                .ep("10.244.1.38", "node-1"),
+        );
+    let both = "10.244.1.36:8080,10.244.2.36:8080";
+    check(
+        &p,
+        &[
+            // internalTrafficPolicy local leaves external traffic cluster-wide.
+            ("node-3", OUTSIDE, "10.240.0.5:30104", "tcp", &format!("dnat {both} masq seen 10.240.0.5")),
+            ("node-3", "10.244.3.9", "10.240.0.5:30104", "tcp", &format!("dnat {both} masq seen 10.240.0.5")),
+            ("node-3", "10.244.3.9", "10.96.0.36:80", "tcp", "drop"),
+            ("node-1", "10.244.1.9", "10.96.0.36:80", "tcp", "dnat 10.244.1.36:8080 masq seen 10.244.1.1"),
+            // Both local: no cluster-wide set, so no short-circuit either.
+            ("node-1", OUTSIDE, "10.240.0.3:30105", "tcp", &format!("dnat 10.244.1.37:8080 seen {OUTSIDE}")),
+            ("node-1", "10.244.1.9", "10.240.0.3:30105", "tcp", "dnat 10.244.1.37:8080 seen 10.244.1.9"),
+            ("node-1", "10.240.0.3", "10.240.0.3:30105", "tcp", "dnat 10.244.1.37:8080 seen 10.240.0.3"),
+            ("node-3", OUTSIDE, "10.240.0.5:30105", "tcp", "drop"),
+            ("node-3", "10.244.3.9", "10.240.0.5:30105", "tcp", "drop"),
+            ("node-3", "10.240.0.5", "10.240.0.5:30105", "tcp", "drop"),
+            ("node-3", "10.244.3.9", "10.96.0.37:80", "tcp", "drop"),
+            // masquerade-all is about cluster IPs: eTP local keeps the client.
+            ("node-1", OUTSIDE, "10.240.0.3:30106", "tcp", &format!("dnat 10.244.1.38:8080 seen {OUTSIDE}")),
+            ("node-3", "10.244.3.9", "10.96.0.38:80", "tcp", "dnat 10.244.1.38:8080 masq seen 10.240.0.5"),
+        ],
+    );
+}
+
 fn internal_and_terminating(p: P) -> P {
     p.svc(
         svc("default/itp", &["10.96.0.40"])
