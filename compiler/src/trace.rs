@@ -5,6 +5,11 @@
 //! Random load balancing is not sampled: every `numgen` match forks the evaluation
 //! into the branch where it holds and the one where it does not, so a trace lists
 //! every endpoint the packet can reach.
+//!
+//! The command line parses `--to` with [`parse_destination`] and `--proto` with
+//! [`parse_protocol`], builds a [`Packet`] (which refuses mixed families), calls
+//! [`trace`] on the compiled ruleset, and prints the [`Trace`] with `Display` or
+//! as JSON with serde.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -165,7 +170,7 @@ pub fn trace(ruleset: &Ruleset, node: &Node, packet: &Packet, options: &TraceOpt
         steps: Vec::new(),
     };
     let mut ended = Vec::new();
-    if node.all_addresses().any(|a| a == packet.from) {
+    if interpreter.is_local(packet.from) {
         let sent = interpreter.hook(Hook::Output, vec![start], &mut ended);
         let sent = interpreter.hook(Hook::Postrouting, sent, &mut ended);
         // Locally delivered packets loop back through prerouting and input; NAT is
