@@ -207,13 +207,6 @@ fn node_port_cluster_policy() {
             ("node-1", OUTSIDE, "192.168.1.3:30080", "tcp", "pass"),
             ("node-1", "10.240.0.3", "127.0.0.1:30080", "tcp", "pass"),
             ("node-1", "127.0.0.1", "127.0.0.1:30080", "tcp", "pass"),
-            (
-                "node-1",
-                "127.0.0.1",
-                "10.96.0.12:80",
-                "tcp",
-                "dnat 10.244.2.6:8080,10.244.3.6:8080 masq seen 10.240.0.3",
-            ),
             ("node-1", OUTSIDE, "10.240.0.4:30080", "tcp", "pass"),
             // Other ports and protocols.
             ("node-1", OUTSIDE, "10.240.0.3:30083", "tcp", "pass"),
