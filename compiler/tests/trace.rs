@@ -228,11 +228,36 @@ fn node_port_cluster_policy() {
 
 #[test]
 fn node_port_local_policy() {
-    let p = node_port_services(cluster());
+    let p = node_port_services(cluster())
+        .svc(svc("default/local-empty", &["10.96.0.15"]).node_port().http(Some(30084)).etp_local(0))
+        .svc(
+            svc("default/local-unready", &["10.96.0.16"])
+                .node_port()
+                .http(Some(30085))
+                .etp_local(0)
+                .ep_not_ready("10.244.1.16", "node-1")
+                .ep("10.244.2.16", "node-2"),
+        );
     let all = "10.244.1.7:8080,10.244.2.7:8080";
     check(
         &p,
         &[
+            // An endpoint reaching itself through the short-circuit is a hairpin.
+            (
+                "node-1",
+                "10.244.1.7",
+                "10.240.0.3:30081",
+                "tcp",
+                &format!("dnat {all} masq seen 10.244.1.7:8080=10.244.1.1 10.244.2.7:8080=10.244.1.7"),
+            ),
+            // No endpoint anywhere: rejected, not dropped.
+            ("node-1", OUTSIDE, "10.240.0.3:30084", "tcp", "reject"),
+            ("node-1", "10.244.1.9", "10.240.0.3:30084", "tcp", "reject"),
+            ("node-1", "10.244.1.9", "10.96.0.15:80", "tcp", "reject"),
+            // A not-ready local endpoint does not count as local.
+            ("node-1", OUTSIDE, "10.240.0.3:30085", "tcp", "drop"),
+            ("node-2", OUTSIDE, "10.240.0.4:30085", "tcp", &format!("dnat 10.244.2.16:8080 seen {OUTSIDE}")),
+            ("node-1", "10.244.1.9", "10.240.0.3:30085", "tcp", "dnat 10.244.2.16:8080 seen 10.244.1.9"),
             // External clients reach local endpoints only and keep their address.
             ("node-1", OUTSIDE, "10.240.0.3:30081", "tcp", &format!("dnat 10.244.1.7:8080 seen {OUTSIDE}")),
             ("node-2", OUTSIDE, "10.240.0.4:30081", "tcp", &format!("dnat 10.244.2.7:8080 seen {OUTSIDE}")),
@@ -896,6 +921,39 @@ fn ipv6_flows() {
             ("node-1", out, "[2001:db8::3]:30081", "tcp", &format!("dnat [fd00:10:0:1::7]:8080 seen {out}")),
             ("node-2", out, "[2001:db8::4]:30081", "tcp", "drop"),
             ("node-1", "fd00:10:0:1::9", "[fd00:96::11]:80", "udp", "reject"),
+        ],
+    );
+}
+
+#[test]
+fn ipv6_node_port_addresses() {
+    let all = ipv6().node_port_addresses(NodePortAddresses::All);
+    check(
+        &all,
+        &[
+            (
+                "node-1",
+                "2001:db8:ff::99",
+                "[2001:db8::3]:30080",
+                "tcp",
+                "dnat [fd00:10:0:2::6]:8080 masq seen 2001:db8::3",
+            ),
+            ("node-1", "2001:db8::3", "[::1]:30080", "tcp", "pass"),
+            ("node-1", "2001:db8:ff::99", "[2001:db8::4]:30080", "tcp", "pass"),
+        ],
+    );
+    let cidrs = NodePortAddresses::Cidrs(vec!["2001:db8::/64".parse().expect("a prefix")]);
+    check(
+        &ipv6().node_port_addresses(cidrs),
+        &[
+            (
+                "node-2",
+                "2001:db8:ff::99",
+                "[2001:db8::4]:30080",
+                "tcp",
+                "dnat [fd00:10:0:2::6]:8080 masq seen fd00:10:0:2::1",
+            ),
+            ("node-2", "2001:db8:ff::99", "[2001:db8::4]:30081", "tcp", "drop"),
         ],
     );
 }
