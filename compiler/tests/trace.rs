@@ -1102,6 +1102,8 @@ fn human_output() {
         for (name, node, from, to) in cases {
             insta::assert_snapshot!(name, run(&p.0, node, from, to, "tcp", &none).to_string());
         }
+        let dropped = run(&p.0, "node-2", "10.240.0.100", "198.51.100.140:80", "tcp", &none);
+        insta::assert_json_snapshot!("loadbalancer-local-dropped-json", dropped);
         let two = clusterip_services(cluster());
         insta::assert_snapshot!(
             "hairpin",
