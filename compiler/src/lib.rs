@@ -10,6 +10,7 @@ pub mod policy;
 pub mod render;
 pub mod ruleset;
 pub mod synthetic;
+pub mod trace;
 
 pub use check::{check, Checked};
 pub use diagnostics::{Diagnostic, Diagnostics, Severity, SourceFile};

@@ -378,6 +378,9 @@ impl<'a> Builder<'a> {
             sets.insert(1, set(NODEPORT_IPS, vec![addr], false, "addresses accepting node ports", elements));
         }
         self.affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
+        // The cluster and local chains of one port share an endpoint's set, so a
+        // client keeps its endpoint whichever chain it comes through.
+        self.affinity_sets.dedup_by(|a, b| a.name == b.name);
         sets.append(&mut self.affinity_sets);
 
         let mut chains = base_chains(self.plan);
@@ -449,14 +452,17 @@ fn base_chains(plan: &FamilyPlan) -> Vec<Chain> {
             -110,
             vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(CLUSTER_IPS_CHECK)],
         ),
+        base("filter-output", ChainKind::Filter, Hook::Output, -110, vec![new_then_jump(FIREWALL_CHECK)]),
+        // After DNAT, as in forward: the node's own traffic that an eTP-local chain
+        // short-circuits to remote endpoints must not meet the "no local endpoint"
+        // drop of its external IP.
         base(
-            "filter-output",
+            "filter-output-post-dnat",
             ChainKind::Filter,
             Hook::Output,
-            -110,
-            vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(FIREWALL_CHECK)],
+            -90,
+            vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(CLUSTER_IPS_CHECK)],
         ),
-        base("filter-output-post-dnat", ChainKind::Filter, Hook::Output, -90, vec![new_then_jump(CLUSTER_IPS_CHECK)]),
         base("nat-prerouting", ChainKind::Nat, Hook::Prerouting, -100, vec![Rule::new(vec![], vec![jump(SERVICES)])]),
         base("nat-output", ChainKind::Nat, Hook::Output, -100, vec![Rule::new(vec![], vec![jump(SERVICES)])]),
         base(
