@@ -66,6 +66,30 @@ enum Command {
     },
     /// Remove svcnft's tables from this network namespace (and nothing else).
     Cleanup,
+    /// Follow one new connection through a node's compiled rules: where it goes,
+    /// and which source address the endpoint sees.
+    Trace {
+        /// Policy files, or directories whose *.svc files are read in name order.
+        #[arg(required = true, value_name = "POLICY")]
+        policy: Vec<PathBuf>,
+        /// The node whose rules the packet meets.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// The client address; one of the node's own addresses means the node sends it.
+        #[arg(long, value_name = "ADDR")]
+        from: std::net::IpAddr,
+        /// The destination: ADDR:PORT, or [ADDR]:PORT for IPv6.
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: String,
+        #[arg(long, value_name = "tcp|udp|sctp", default_value = "tcp")]
+        proto: String,
+        /// A returning client: its address is already in this endpoint's affinity set.
+        #[arg(long, value_name = "ADDR:PORT")]
+        returning_to: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -98,6 +122,9 @@ fn main() -> ExitCode {
         Command::Diff { old, new, node } => diff(&old, &new, &node),
         Command::Apply { policy, node, dry_run } => apply(&policy, &node, dry_run),
         Command::Cleanup => cleanup(),
+        Command::Trace { policy, node, from, to, proto, returning_to, json } => {
+            trace(&policy, &node, from, &to, &proto, returning_to.as_deref(), json)
+        }
     })
 }
 
@@ -247,4 +274,39 @@ fn cleanup() -> u8 {
         }
         Err(code) => code,
     }
+}
+
+fn trace(
+    paths: &[PathBuf],
+    node: &str,
+    from: std::net::IpAddr,
+    to: &str,
+    proto: &str,
+    returning_to: Option<&str>,
+    json: bool,
+) -> u8 {
+    use svcnft_compiler::trace::{parse_destination, parse_protocol, Packet, TraceOptions};
+    let packet = (|| {
+        let to = parse_destination(to)?;
+        let returning_to = returning_to.map(parse_destination).transpose()?;
+        Ok::<_, svcnft_compiler::trace::TraceError>((Packet::new(from, to, parse_protocol(proto)?)?, returning_to))
+    })();
+    let (packet, returning_to) = match packet {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("svcnft: {e}");
+            return exit::INVALID;
+        }
+    };
+    let (plan, ruleset) = match compile_for(paths, node) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let trace = svcnft_compiler::trace::trace(&ruleset, &plan.node, &packet, &TraceOptions { returning_to });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&trace).expect("traces serialise"));
+    } else {
+        println!("{trace}");
+    }
+    exit::OK
 }
