@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,8 +15,6 @@ use std::time::{Duration, Instant};
 use crate::http::{Response, Target};
 use crate::Error;
 
-/// Where `up` records what it built, so that `down` removes exactly that.
-pub const STATE_DIR: &str = "/run/svcnft-lab";
 /// The port the echo pod serves on (TCP and UDP), as in the tutorial.
 pub const ECHO_PORT: u16 = 8080;
 /// The load balancer's addresses, one per family.
@@ -226,7 +225,10 @@ impl Lab {
     pub fn spawn_in(&self, ns: &str, args: &[&str]) -> Result<u32, Error> {
         let log = fs::File::create(self.log_dir().join(format!("{ns}-{}.log", args[0])))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
+        // Its own process group: a Ctrl-C or hangup of the terminal that ran `up` must not
+        // reach the lab's servers.
+        cmd.process_group(0)
+            .args(["netns", "exec", ns])
             .arg(&self.config.tool)
             .args(args)
             .stdin(Stdio::null())
@@ -332,7 +334,7 @@ impl Lab {
     }
 
     fn log_dir(&self) -> PathBuf {
-        PathBuf::from(STATE_DIR).join(&self.config.prefix)
+        state_dir().join(&self.config.prefix)
     }
 
     fn ip(&self, ns: &str, args: &str) -> Result<(), Error> {
@@ -486,7 +488,14 @@ fn pod_cidrs(node: &Node) -> (String, String) {
 
 /// The file `up` writes and `down` reads.
 pub fn state_file() -> PathBuf {
-    PathBuf::from(STATE_DIR).join("current")
+    state_dir().join("current")
+}
+
+/// Where labs keep logs and `up` records what it built, so that `down` removes exactly
+/// that: `$SVCNFT_LAB_DIR`, by default `/run/svcnft-lab`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("SVCNFT_LAB_DIR")
+        .map_or_else(|| PathBuf::from("/run/svcnft-lab"), PathBuf::from)
 }
 
 /// Every network namespace on the machine, by name.
@@ -508,21 +517,25 @@ pub fn remove(prefix: &str) -> Result<(), Error> {
                 .is_some_and(|rest| rest.starts_with('-'))
         })
         .collect();
+    // Another lab starting at the same time may be removing the same leftovers: what
+    // vanishes meanwhile is not an error, what stays is.
     for ns in &ours {
-        let pids = run(Command::new("ip").args(["netns", "pids", ns]))?;
+        let pids = run(Command::new("ip").args(["netns", "pids", ns])).unwrap_or_default();
         for pid in pids.split_whitespace() {
-            // The process may have exited since it was listed.
             let _ = run(Command::new("kill").args(["-KILL", pid]));
         }
     }
     for ns in &ours {
-        run(Command::new("ip").args(["netns", "del", ns]))?;
+        if let Err(e) = run(Command::new("ip").args(["netns", "del", ns])) {
+            if namespaces()?.contains(ns) {
+                return Err(e);
+            }
+        }
     }
-    let dir = PathBuf::from(STATE_DIR).join(prefix);
-    if dir.exists() {
-        fs::remove_dir_all(dir)?;
+    match fs::remove_dir_all(state_dir().join(prefix)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Removes labs whose creating process is gone (`svl<pid>x<n>-…` with a dead pid): left

@@ -97,7 +97,6 @@ fn run(command: Cmd) -> Result<(), Error> {
                     return Ok(());
                 }
             }
-            fs::create_dir_all(lab::STATE_DIR)?;
             let lab = Lab::up(config(prefix)?)?;
             print!("{}", lab.guide());
             let state = lab.detach()?;

@@ -49,6 +49,12 @@ fn seen(lab: &Lab, ns: &str, addr: impl Into<IpAddr>, port: u16) -> String {
         .to_string()
 }
 
+/// The router's route for the IPv4 VIP: where the load balancer sends it.
+fn vip_route(lab: &Lab) -> String {
+    lab.exec_in(lab.router(), &["ip", "route", "show", &LB_VIP4.to_string()])
+        .unwrap()
+}
+
 fn lab_namespaces(prefix: &str) -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -259,10 +265,7 @@ fn load_balancer_follows_node_health() {
     lab.stop(stubs[2]).unwrap();
     lab.start_echo(&node3.ns, &node3.name, HEALTH_CHECK_PORT, 200)
         .unwrap();
-    let route = || {
-        lab.exec_in(lab.router(), &["ip", "route", "show", &LB_VIP4.to_string()])
-            .unwrap()
-    };
+    let route = || vip_route(&lab);
     lab.wait_until(limit, || {
         let r = route();
         r.contains("via 10.240.0.4") && r.contains("via 10.240.0.5")
@@ -279,10 +282,7 @@ fn load_balancer_follows_node_health() {
 #[test]
 fn no_healthy_node_means_no_route() {
     let Some(lab) = start() else { return };
-    let route = || {
-        lab.exec_in(lab.router(), &["ip", "route", "show", &LB_VIP4.to_string()])
-            .unwrap()
-    };
+    let route = || vip_route(&lab);
     lab.wait_until(Duration::from_secs(10), || route().starts_with("blackhole"))
         .unwrap();
     assert!(lab.http_get_from(lab.client(), LB_VIP4.into(), 80).is_err());
@@ -330,4 +330,66 @@ fn leftovers_of_a_dead_run_are_removed() {
     let lab = start().unwrap();
     assert!(lab_namespaces(stale).is_empty());
     drop(lab);
+}
+
+/// Removes a lab started through the command line even if the test fails.
+struct Removes(String);
+
+impl Drop for Removes {
+    fn drop(&mut self) {
+        let _ = svcnft_lab::lab::remove(&self.0);
+    }
+}
+
+#[test]
+fn command_line_brings_the_lab_up_and_down() {
+    if missing().is_some() {
+        assert!(start().is_none());
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_svcnft-lab");
+    let dir = std::env::temp_dir().join(format!("svcnft-lab-cli-{}", std::process::id()));
+    let prefix = format!("svl{}x900", std::process::id());
+    let _removes = Removes(prefix.clone());
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(args)
+            .env("SVCNFT_LAB_DIR", &dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let up = cli(&["up", "--prefix", &prefix]);
+    assert!(up.contains("get http://10.244.1.5:8080/"), "{up}");
+    assert_eq!(lab_namespaces(&prefix).len(), 9);
+    // The lab outlives `up`: its echo pod answers the printed command.
+    let client = format!("{prefix}-client");
+    let get = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &client,
+            bin,
+            "get",
+            "http://10.244.1.5:8080/",
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&get.stdout);
+    assert!(
+        body.contains(&format!("client_address={CLIENT4}")),
+        "{body}"
+    );
+    assert!(cli(&["up"]).contains("already up"));
+    let status = cli(&["status"]);
+    assert!(
+        status.contains(&format!("load balancer: blackhole {LB_VIP4}")),
+        "{status}"
+    );
+    cli(&["down"]);
+    assert!(lab_namespaces(&prefix).is_empty());
+    assert!(cli(&["down"]).contains("no lab is up"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
