@@ -140,12 +140,6 @@ impl Lab {
         Ok(state)
     }
 
-    /// Kills the lab's processes and removes its namespaces, whoever started it.
-    pub fn down(mut self) -> Result<(), Error> {
-        self.owned = false;
-        remove(&self.config.prefix)
-    }
-
     fn layout(config: LabConfig) -> Self {
         let p = &config.prefix;
         let nodes = (1..=3u8)
