@@ -442,6 +442,10 @@ impl Lab {
         args.push("--interval-ms".into());
         args.push(self.config.health_interval.as_millis().to_string());
         for vip in [IpAddr::from(LB_VIP4), LB_VIP6.into()] {
+            // Dropped until the first health check says otherwise, so the lab is in a
+            // known state as soon as `up` returns.
+            let route = crate::lb::route_args(vip, &[]);
+            run(Command::new("ip").args(["-n", &self.router]).args(route))?;
             args.extend(["--vip".into(), vip.to_string()]);
         }
         for node in &self.nodes {

@@ -71,7 +71,7 @@ fn healthy_backends(config: &LoadBalancerConfig) -> Vec<IpAddr> {
 
 /// The `ip route replace` arguments sending `vip` over `hops` (ECMP when several), or
 /// dropping it when there is none, as a load balancer with no healthy backend does.
-fn route_args(vip: IpAddr, hops: &[IpAddr]) -> Vec<String> {
+pub(crate) fn route_args(vip: IpAddr, hops: &[IpAddr]) -> Vec<String> {
     let (family, host) = if vip.is_ipv4() {
         ("-4", format!("{vip}/32"))
     } else {
