@@ -1,6 +1,6 @@
 //! A minimal HTTP/1.1 (and UDP) client, so the lab needs no curl inside its namespaces.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -112,20 +112,65 @@ pub fn get(target: &Target, timeout: Duration) -> Result<Response, Error> {
         target.path, target.addr
     )
     .map_err(io)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| Error::Http(format!("{}: truncated response", target.addr)))?;
-    let status = head
+    read_response(BufReader::new(stream)).map_err(|e| match e {
+        Error::Io(e) => io(e),
+        Error::Http(msg) => Error::Http(format!("{}: {msg}", target.addr)),
+        e => e,
+    })
+}
+
+/// Reads a response whatever framing the server chose (length, chunks or close), so the
+/// load balancer's checks work against any health server, keep-alive or not.
+fn read_response(mut reader: impl BufRead) -> Result<Response, Error> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| Error::Http(format!("{}: bad status line", target.addr)))?;
+        .ok_or_else(|| Error::Http(format!("bad status line `{}`", line.trim())))?;
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        if name == "content-length" {
+            length = value.parse::<usize>().ok();
+        } else if name == "transfer-encoding" {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size = line.trim().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| Error::Http(format!("bad chunk size `{}`", line.trim())))?;
+            if size == 0 {
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            line.clear();
+            reader.read_line(&mut line)?;
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
     Ok(Response {
         status,
-        body: body.to_string(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
 
@@ -160,5 +205,20 @@ mod tests {
         assert_eq!(r.value("client_address"), Some("10.240.0.5"));
         assert_eq!(r.value("client"), None);
         assert_eq!(Response::from_wire(&r.to_wire()).unwrap(), r);
+    }
+
+    #[test]
+    fn reads_every_framing() {
+        let read = |raw: &str| read_response(raw.as_bytes()).unwrap();
+        // Bytes after the declared length belong to the next response on a kept-alive
+        // connection, not to this one.
+        let sized = read("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}junk");
+        assert_eq!((sized.status, sized.body.as_str()), (503, "{}"));
+        let chunked =
+            read("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
+        assert_eq!((chunked.status, chunked.body.as_str()), (200, "abcde"));
+        let closed = read("HTTP/1.0 200 OK\r\n\r\nuntil close");
+        assert_eq!(closed.body, "until close");
+        assert!(read_response("garbage".as_bytes()).is_err());
     }
 }
