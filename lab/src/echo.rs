@@ -70,7 +70,11 @@ fn answer(stream: TcpStream, config: &EchoConfig) -> std::io::Result<()> {
     let path = parts.next().unwrap_or("/");
     let local_ip = SocketAddr::new(local.ip().to_canonical(), local.port());
     let body = report(config, peer, &local_ip.to_string(), method, path, &headers);
-    let reason = if config.status == 200 { "OK" } else { "Status" };
+    let reason = match config.status {
+        200 => "OK",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
     write!(
         &stream,
         "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -217,7 +217,8 @@ impl Lab {
     /// Starts a long-running `svcnft-lab` subcommand inside a namespace, logging to the
     /// lab's directory; returns its pid for [`Lab::stop`]. It dies with the lab.
     pub fn spawn_in(&self, ns: &str, args: &[&str]) -> Result<u32, Error> {
-        let log = fs::File::create(self.log_dir().join(format!("{ns}-{}.log", args[0])))?;
+        let what = args.first().copied().unwrap_or("tool");
+        let log = fs::File::create(self.log_dir().join(format!("{ns}-{what}.log")))?;
         let mut cmd = Command::new("ip");
         // Its own process group: a Ctrl-C or hangup of the terminal that ran `up` must not
         // reach the lab's servers.
