@@ -314,13 +314,18 @@ impl Lab {
             );
         }
         out += "\ntry:\n";
-        for (ns, url) in [
-            (&self.pods[2].ns, Target::url(echo.ipv4.into(), ECHO_PORT)),
-            (&self.client, Target::url(echo.ipv6.into(), ECHO_PORT)),
-            (&self.client, Target::url(n2.ipv4.into(), 30080)),
-            (&self.client, Target::url(LB_VIP4.into(), 80)),
+        let rules = "   # once the nodes have svcnft's rules";
+        for (ns, url, note) in [
+            (
+                &self.pods[2].ns,
+                Target::url(echo.ipv4.into(), ECHO_PORT),
+                "",
+            ),
+            (&self.client, Target::url(echo.ipv6.into(), ECHO_PORT), ""),
+            (&self.client, Target::url(n2.ipv4.into(), 30080), rules),
+            (&self.client, Target::url(LB_VIP4.into(), 80), rules),
         ] {
-            out += &format!("  ip netns exec {ns} {tool} get {url}\n");
+            out += &format!("  ip netns exec {ns} {tool} get {url}{note}\n");
         }
         out += &format!("  ip netns exec {} nft list ruleset\n", n2.ns);
         out += &format!("  ip -n {} route show {LB_VIP4}\n", self.router);
