@@ -39,10 +39,7 @@ fn serve_udp(socket: &UdpSocket, config: &EchoConfig) {
     let mut buf = vec![0; 65536];
     while let Ok((n, peer)) = socket.recv_from(&mut buf) {
         let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let local = socket
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let body = report(config, peer, &local, "UDP", request.trim(), &[]);
         let _ = socket.send_to(body.as_bytes(), peer);
     }

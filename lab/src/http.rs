@@ -37,11 +37,7 @@ impl Target {
                 SocketAddr::new(host.parse::<IpAddr>().map_err(|_| bad())?, 80)
             }
         };
-        Ok(Self {
-            udp,
-            addr,
-            path: path.to_string(),
-        })
+        Ok(Self { udp, addr, path: path.to_string() })
     }
 
     /// The URL form of an address, bracketing IPv6.
@@ -60,9 +56,7 @@ pub struct Response {
 impl Response {
     /// The value of a `key=value` line of the body, as the echo server writes them.
     pub fn value(&self, key: &str) -> Option<&str> {
-        self.body
-            .lines()
-            .find_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+        self.body.lines().find_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
     }
 
     /// Serializes as a status line then the body, for passing across `ip netns exec`.
@@ -73,14 +67,8 @@ impl Response {
     /// The inverse of [`Response::to_wire`].
     pub fn from_wire(text: &str) -> Result<Self, Error> {
         let (status, body) = text.split_once('\n').unwrap_or((text, ""));
-        let status = status
-            .trim()
-            .parse()
-            .map_err(|_| Error::Http(format!("bad status line `{status}`")))?;
-        Ok(Self {
-            status,
-            body: body.to_string(),
-        })
+        let status = status.trim().parse().map_err(|_| Error::Http(format!("bad status line `{status}`")))?;
+        Ok(Self { status, body: body.to_string() })
     }
 }
 
@@ -99,10 +87,7 @@ pub fn get(target: &Target, timeout: Duration) -> Result<Response, Error> {
         socket.send(target.path.as_bytes()).map_err(io)?;
         let mut buf = vec![0; 65536];
         let n = socket.recv(&mut buf).map_err(io)?;
-        return Ok(Response {
-            status: 0,
-            body: String::from_utf8_lossy(&buf[..n]).into_owned(),
-        });
+        return Ok(Response { status: 0, body: String::from_utf8_lossy(&buf[..n]).into_owned() });
     }
     let mut stream = TcpStream::connect_timeout(&target.addr, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
@@ -168,10 +153,7 @@ fn read_response(mut reader: impl BufRead) -> Result<Response, Error> {
     } else {
         reader.read_to_end(&mut body)?;
     }
-    Ok(Response {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(Response { status, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 #[cfg(test)]
@@ -181,27 +163,18 @@ mod tests {
     #[test]
     fn parses_urls() {
         let t = Target::parse("http://10.0.0.1:8080/x").unwrap();
-        assert_eq!(
-            (t.udp, t.addr, t.path.as_str()),
-            (false, "10.0.0.1:8080".parse().unwrap(), "/x")
-        );
+        assert_eq!((t.udp, t.addr, t.path.as_str()), (false, "10.0.0.1:8080".parse().unwrap(), "/x"));
         let t = Target::parse("udp://[fd00::1]:53").unwrap();
         assert_eq!((t.udp, t.addr), (true, "[fd00::1]:53".parse().unwrap()));
         let t = Target::parse("http://[fd00::1]").unwrap();
-        assert_eq!(
-            (t.addr, t.path.as_str()),
-            ("[fd00::1]:80".parse().unwrap(), "/")
-        );
+        assert_eq!((t.addr, t.path.as_str()), ("[fd00::1]:80".parse().unwrap(), "/"));
         assert!(Target::parse("https://10.0.0.1/").is_err());
         assert!(Target::parse("http://example.com/").is_err());
     }
 
     #[test]
     fn reads_values_and_round_trips() {
-        let r = Response {
-            status: 200,
-            body: "CLIENT VALUES:\nclient_address=10.240.0.5\n".into(),
-        };
+        let r = Response { status: 200, body: "CLIENT VALUES:\nclient_address=10.240.0.5\n".into() };
         assert_eq!(r.value("client_address"), Some("10.240.0.5"));
         assert_eq!(r.value("client"), None);
         assert_eq!(Response::from_wire(&r.to_wire()).unwrap(), r);
@@ -214,8 +187,7 @@ mod tests {
         // connection, not to this one.
         let sized = read("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}junk");
         assert_eq!((sized.status, sized.body.as_str()), (503, "{}"));
-        let chunked =
-            read("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
+        let chunked = read("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
         assert_eq!((chunked.status, chunked.body.as_str()), (200, "abcde"));
         let closed = read("HTTP/1.0 200 OK\r\n\r\nuntil close");
         assert_eq!(closed.body, "until close");

@@ -31,12 +31,8 @@ pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 2)
 
 /// The pods: name, node index, host part of the address. The echo pod is the
 /// tutorial's `source-ip-app`; the others are clients on each node.
-const PODS: [(&str, u8, u8); 4] = [
-    ("source-ip-app", 1, 5),
-    ("busybox-1", 1, 6),
-    ("busybox-2", 2, 5),
-    ("busybox-3", 3, 5),
-];
+const PODS: [(&str, u8, u8); 4] =
+    [("source-ip-app", 1, 5), ("busybox-1", 1, 6), ("busybox-2", 2, 5), ("busybox-3", 3, 5)];
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -77,11 +73,7 @@ pub struct Node {
 impl Node {
     /// Loads an nftables ruleset into the node's namespace, atomically.
     pub fn apply_ruleset_text(&self, text: &str) -> Result<(), Error> {
-        run_with_input(
-            Command::new("ip").args(["netns", "exec", &self.ns, "nft", "-f", "-"]),
-            text,
-        )
-        .map(drop)
+        run_with_input(Command::new("ip").args(["netns", "exec", &self.ns, "nft", "-f", "-"]), text).map(drop)
     }
 }
 
@@ -196,17 +188,11 @@ impl Lab {
     }
 
     pub fn node(&self, name: &str) -> Result<&Node, Error> {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| Error::Unknown("node", name.into()))
+        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| Error::Unknown("node", name.into()))
     }
 
     pub fn pod(&self, name: &str) -> Result<&Pod, Error> {
-        self.pods
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| Error::Unknown("pod", name.into()))
+        self.pods.iter().find(|p| p.name == name).ok_or_else(|| Error::Unknown("pod", name.into()))
     }
 
     /// Runs a command inside a namespace and returns its standard output.
@@ -238,10 +224,8 @@ impl Lab {
     /// Kills a process started by [`Lab::spawn_in`] and waits for it.
     pub fn stop(&self, pid: u32) -> Result<(), Error> {
         let mut children = self.children.lock().expect("poisoned");
-        let i = children
-            .iter()
-            .position(|c| c.id() == pid)
-            .ok_or_else(|| Error::Unknown("process", pid.to_string()))?;
+        let i =
+            children.iter().position(|c| c.id() == pid).ok_or_else(|| Error::Unknown("process", pid.to_string()))?;
         let mut child = children.swap_remove(i);
         let killed = child.kill();
         child.wait()?;
@@ -251,15 +235,7 @@ impl Lab {
     /// Starts an echo server in a namespace, named `name`, answering HTTP with `status`.
     pub fn start_echo(&self, ns: &str, name: &str, port: u16, status: u16) -> Result<u32, Error> {
         let (port, status) = (port.to_string(), status.to_string());
-        let args = [
-            "echo-server",
-            "--name",
-            name,
-            "--port",
-            &port,
-            "--status",
-            &status,
-        ];
+        let args = ["echo-server", "--name", name, "--port", &port, "--status", &status];
         let pid = self.spawn_in(ns, &args)?;
         // Ready when it answers on loopback.
         let url = format!("http://127.0.0.1:{port}/");
@@ -279,11 +255,7 @@ impl Lab {
     }
 
     /// Polls `ready` until it holds, or fails after `limit`.
-    pub fn wait_until(
-        &self,
-        limit: Duration,
-        mut ready: impl FnMut() -> bool,
-    ) -> Result<(), Error> {
+    pub fn wait_until(&self, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
         let start = Instant::now();
         while !ready() {
             if start.elapsed() > limit {
@@ -300,27 +272,17 @@ impl Lab {
         let echo = &self.pods[0];
         let n2 = &self.nodes[1];
         let mut out = format!("lab `{}` is up:\n", self.config.prefix);
-        out += &format!(
-            "  router {}   client {} ({CLIENT4}, {CLIENT6})\n",
-            self.router, self.client
-        );
+        out += &format!("  router {}   client {} ({CLIENT4}, {CLIENT6})\n", self.router, self.client);
         for n in &self.nodes {
             out += &format!("  {} {} ({}, {})\n", n.name, n.ns, n.ipv4, n.ipv6);
         }
         for p in &self.pods {
-            out += &format!(
-                "  pod {} on {} {} ({}, {})\n",
-                p.name, p.node, p.ns, p.ipv4, p.ipv6
-            );
+            out += &format!("  pod {} on {} {} ({}, {})\n", p.name, p.node, p.ns, p.ipv4, p.ipv6);
         }
         out += "\ntry:\n";
         let rules = "   # once the nodes have svcnft's rules";
         for (ns, url, note) in [
-            (
-                &self.pods[2].ns,
-                Target::url(echo.ipv4.into(), ECHO_PORT),
-                "",
-            ),
+            (&self.pods[2].ns, Target::url(echo.ipv4.into(), ECHO_PORT), ""),
             (&self.client, Target::url(echo.ipv6.into(), ECHO_PORT), ""),
             (&self.client, Target::url(n2.ipv4.into(), 30080), rules),
             (&self.client, Target::url(LB_VIP4.into(), 80), rules),
@@ -338,10 +300,7 @@ impl Lab {
     }
 
     fn ip(&self, ns: &str, args: &str) -> Result<(), Error> {
-        run(Command::new("ip")
-            .args(["-n", ns])
-            .args(args.split_whitespace()))
-        .map(drop)
+        run(Command::new("ip").args(["-n", ns]).args(args.split_whitespace())).map(drop)
     }
 
     fn add_ns(&self, ns: &str, forwarding: bool) -> Result<(), Error> {
@@ -369,20 +328,10 @@ impl Lab {
     /// A veth pair from `a` (named `a_if`) to `b` (named `b_if`), created inside `a` so
     /// that no end ever appears in the host's namespace.
     fn link(&self, a: &str, a_if: &str, b: &str, b_if: &str) -> Result<(), Error> {
-        self.ip(
-            a,
-            &format!("link add {a_if} type veth peer name {b_if} netns {b}"),
-        )
+        self.ip(a, &format!("link add {a_if} type veth peer name {b_if} netns {b}"))
     }
 
-    fn addr(
-        &self,
-        ns: &str,
-        dev: &str,
-        v4: Ipv4Addr,
-        v4_len: u8,
-        v6: Ipv6Addr,
-    ) -> Result<(), Error> {
+    fn addr(&self, ns: &str, dev: &str, v4: Ipv4Addr, v4_len: u8, v6: Ipv6Addr) -> Result<(), Error> {
         self.ip(ns, &format!("addr add {v4}/{v4_len} dev {dev}"))?;
         self.ip(ns, &format!("addr add {v6}/64 dev {dev} nodad"))?;
         self.ip(ns, &format!("link set {dev} up"))
@@ -427,11 +376,7 @@ impl Lab {
         for node in &self.nodes {
             self.default_routes(&node.ns, ROUTER4, ROUTER6)?;
             for other in &self.nodes {
-                let ns = if other.name == node.name {
-                    router
-                } else {
-                    &other.ns
-                };
+                let ns = if other.name == node.name { router } else { &other.ns };
                 let (c4, c6) = pod_cidrs(node);
                 self.ip(ns, &format!("-4 route add {c4} via {}", node.ipv4))?;
                 self.ip(ns, &format!("-6 route add {c6} via {}", node.ipv6))?;
@@ -484,10 +429,7 @@ impl Drop for Lab {
 fn pod_cidrs(node: &Node) -> (String, String) {
     let g = node.pod_gateway4.octets();
     let g6 = node.pod_gateway6.segments();
-    (
-        format!("{}.{}.{}.0/24", g[0], g[1], g[2]),
-        format!("{:x}:{:x}:{:x}::/64", g6[0], g6[1], g6[2]),
-    )
+    (format!("{}.{}.{}.0/24", g[0], g[1], g[2]), format!("{:x}:{:x}:{:x}::/64", g6[0], g6[1], g6[2]))
 }
 
 /// The file `up` writes and `down` reads.
@@ -498,28 +440,20 @@ pub fn state_file() -> PathBuf {
 /// Where labs keep logs and `up` records what it built, so that `down` removes exactly
 /// that: `$SVCNFT_LAB_DIR`, by default `/run/svcnft-lab`.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("SVCNFT_LAB_DIR")
-        .map_or_else(|| PathBuf::from("/run/svcnft-lab"), PathBuf::from)
+    std::env::var_os("SVCNFT_LAB_DIR").map_or_else(|| PathBuf::from("/run/svcnft-lab"), PathBuf::from)
 }
 
 /// Every network namespace on the machine, by name.
 fn namespaces() -> Result<Vec<String>, Error> {
     let out = run(Command::new("ip").args(["netns", "list"]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(String::from)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
 }
 
 /// Kills every process inside the lab's namespaces, then deletes the namespaces and logs.
 pub fn remove(prefix: &str) -> Result<(), Error> {
     let ours: Vec<String> = namespaces()?
         .into_iter()
-        .filter(|ns| {
-            ns.strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('-'))
-        })
+        .filter(|ns| ns.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('-')))
         .collect();
     // Another lab starting at the same time may be removing the same leftovers: what
     // vanishes meanwhile is not an error, what stays is.
@@ -551,8 +485,7 @@ fn remove_stale_labs() -> Result<(), Error> {
             let prefix = ns.split('-').next()?;
             let (pid, n) = prefix.strip_prefix("svl")?.split_once('x')?;
             let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            let dead =
-                numeric(pid) && numeric(n) && !PathBuf::from(format!("/proc/{pid}")).exists();
+            let dead = numeric(pid) && numeric(n) && !PathBuf::from(format!("/proc/{pid}")).exists();
             dead.then(|| prefix.to_string())
         })
         .collect();
@@ -572,9 +505,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, Error> {
 }
 
 fn run_with_input(cmd: &mut Command, input: &str) -> Result<String, Error> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| Error::Spawn(describe(cmd), e))?;
     let mut stdin = child.stdin.take().expect("piped");
     let input = input.to_owned();

@@ -76,10 +76,7 @@ fn main() -> ExitCode {
 }
 
 fn config(prefix: String) -> Result<LabConfig, Error> {
-    Ok(LabConfig {
-        prefix,
-        ..LabConfig::new(std::env::current_exe()?)
-    })
+    Ok(LabConfig { prefix, ..LabConfig::new(std::env::current_exe()?) })
 }
 
 /// The prefix recorded by `up`, if a lab is up.
@@ -121,11 +118,7 @@ fn run(command: Cmd) -> Result<(), Error> {
                 println!("load balancer: {}", route.trim());
             }
         }
-        Cmd::Get {
-            url,
-            timeout_ms,
-            wire,
-        } => {
+        Cmd::Get { url, timeout_ms, wire } => {
             let response = http::get(&Target::parse(&url)?, Duration::from_millis(timeout_ms))?;
             if wire {
                 print!("{}", response.to_wire());
@@ -139,13 +132,7 @@ fn run(command: Cmd) -> Result<(), Error> {
         Cmd::EchoServer { port, name, status } => {
             echo::serve(EchoConfig { name, port, status })?;
         }
-        Cmd::LoadBalancer {
-            vips,
-            backends,
-            health_port,
-            interval_ms,
-            timeout_ms,
-        } => lb::run(&LoadBalancerConfig {
+        Cmd::LoadBalancer { vips, backends, health_port, interval_ms, timeout_ms } => lb::run(&LoadBalancerConfig {
             vips,
             backends,
             health_port,

@@ -11,9 +11,7 @@ use svcnft_lab::{Lab, LabConfig};
 /// Why the lab cannot run here, if it cannot.
 fn missing() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
     if !root {
         return Some("not root".into());
     }
@@ -25,10 +23,7 @@ fn missing() -> Option<String> {
 
 fn start() -> Option<Lab> {
     if let Some(reason) = missing() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the lab cannot run under CI: {reason}"
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "the lab cannot run under CI: {reason}");
         eprintln!("skipping lab test: {reason}");
         return None;
     }
@@ -39,20 +34,14 @@ fn start() -> Option<Lab> {
 
 /// The source address the echo pod reports for a request from `ns` to `addr:port`.
 fn seen(lab: &Lab, ns: &str, addr: impl Into<IpAddr>, port: u16) -> String {
-    let response = lab
-        .http_get_from(ns, addr.into(), port)
-        .unwrap_or_else(|e| panic!("GET from {ns}: {e}"));
+    let response = lab.http_get_from(ns, addr.into(), port).unwrap_or_else(|e| panic!("GET from {ns}: {e}"));
     assert_eq!(response.status, 200, "{}", response.body);
-    response
-        .value("client_address")
-        .expect("echo body")
-        .to_string()
+    response.value("client_address").expect("echo body").to_string()
 }
 
 /// The router's route for the IPv4 VIP: where the load balancer sends it.
 fn vip_route(lab: &Lab) -> String {
-    lab.exec_in(lab.router(), &["ip", "route", "show", &LB_VIP4.to_string()])
-        .unwrap()
+    lab.exec_in(lab.router(), &["ip", "route", "show", &LB_VIP4.to_string()]).unwrap()
 }
 
 fn lab_namespaces(prefix: &str) -> Vec<String> {
@@ -75,53 +64,17 @@ fn every_namespace_reaches_the_echo_pod_and_is_seen_unchanged() {
     // reaches its own pods from its pod bridge, other nodes from their node address.
     let cases: Vec<(String, IpAddr, IpAddr)> = vec![
         (lab.client().into(), CLIENT4.into(), CLIENT6.into()),
-        (
-            lab.router().into(),
-            "10.240.0.1".parse().unwrap(),
-            "fd00:240::1".parse().unwrap(),
-        ),
-        (
-            n("node-1").ns,
-            n("node-1").pod_gateway4.into(),
-            n("node-1").pod_gateway6.into(),
-        ),
-        (
-            n("node-2").ns,
-            n("node-2").ipv4.into(),
-            n("node-2").ipv6.into(),
-        ),
-        (
-            n("node-3").ns,
-            n("node-3").ipv4.into(),
-            n("node-3").ipv6.into(),
-        ),
-        (
-            p("busybox-1").ns,
-            p("busybox-1").ipv4.into(),
-            p("busybox-1").ipv6.into(),
-        ),
-        (
-            p("busybox-2").ns,
-            p("busybox-2").ipv4.into(),
-            p("busybox-2").ipv6.into(),
-        ),
-        (
-            p("busybox-3").ns,
-            p("busybox-3").ipv4.into(),
-            p("busybox-3").ipv6.into(),
-        ),
+        (lab.router().into(), "10.240.0.1".parse().unwrap(), "fd00:240::1".parse().unwrap()),
+        (n("node-1").ns, n("node-1").pod_gateway4.into(), n("node-1").pod_gateway6.into()),
+        (n("node-2").ns, n("node-2").ipv4.into(), n("node-2").ipv6.into()),
+        (n("node-3").ns, n("node-3").ipv4.into(), n("node-3").ipv6.into()),
+        (p("busybox-1").ns, p("busybox-1").ipv4.into(), p("busybox-1").ipv6.into()),
+        (p("busybox-2").ns, p("busybox-2").ipv4.into(), p("busybox-2").ipv6.into()),
+        (p("busybox-3").ns, p("busybox-3").ipv4.into(), p("busybox-3").ipv6.into()),
     ];
     for (ns, v4, v6) in cases {
-        assert_eq!(
-            seen(&lab, &ns, echo.ipv4, ECHO_PORT),
-            v4.to_string(),
-            "from {ns}"
-        );
-        assert_eq!(
-            seen(&lab, &ns, echo.ipv6, ECHO_PORT),
-            v6.to_string(),
-            "from {ns}"
-        );
+        assert_eq!(seen(&lab, &ns, echo.ipv4, ECHO_PORT), v4.to_string(), "from {ns}");
+        assert_eq!(seen(&lab, &ns, echo.ipv6, ECHO_PORT), v6.to_string(), "from {ns}");
     }
 }
 
@@ -130,14 +83,8 @@ fn client_and_pods_reach_node_addresses() {
     let Some(lab) = start() else { return };
     let node = lab.node("node-3").unwrap();
     lab.start_echo(&node.ns, "node-3", 9000, 200).unwrap();
-    assert_eq!(
-        seen(&lab, lab.client(), node.ipv4, 9000),
-        CLIENT4.to_string()
-    );
-    assert_eq!(
-        seen(&lab, lab.client(), node.ipv6, 9000),
-        CLIENT6.to_string()
-    );
+    assert_eq!(seen(&lab, lab.client(), node.ipv4, 9000), CLIENT4.to_string());
+    assert_eq!(seen(&lab, lab.client(), node.ipv6, 9000), CLIENT6.to_string());
     let pod = lab.pod("busybox-2").unwrap();
     assert_eq!(seen(&lab, &pod.ns, node.ipv4, 9000), pod.ipv4.to_string());
 }
@@ -150,9 +97,7 @@ fn udp_echo_reports_the_client() {
         (format!("{}:{ECHO_PORT}", echo.ipv4), CLIENT4.to_string()),
         (format!("[{}]:{ECHO_PORT}", echo.ipv6), CLIENT6.to_string()),
     ] {
-        let response = lab
-            .get_from(lab.client(), &format!("udp://{addr}/hello"))
-            .unwrap();
+        let response = lab.get_from(lab.client(), &format!("udp://{addr}/hello")).unwrap();
         assert_eq!(response.value("client_address"), Some(client.as_str()));
         assert_eq!(response.value("real path"), Some("/hello"));
     }
@@ -184,40 +129,21 @@ fn masquerade_replaces_the_client_address_with_the_node_address() {
     let Some(lab) = start() else { return };
     // On the endpoint's own node, DNAT alone keeps the client's address (eTP Local).
     let node1 = lab.node("node-1").unwrap();
-    node1
-        .apply_ruleset_text(&node_port_rules(node1, false))
-        .unwrap();
-    assert_eq!(
-        seen(&lab, lab.client(), node1.ipv4, 30080),
-        CLIENT4.to_string()
-    );
-    assert_eq!(
-        seen(&lab, lab.client(), node1.ipv6, 30080),
-        CLIENT6.to_string()
-    );
+    node1.apply_ruleset_text(&node_port_rules(node1, false)).unwrap();
+    assert_eq!(seen(&lab, lab.client(), node1.ipv4, 30080), CLIENT4.to_string());
+    assert_eq!(seen(&lab, lab.client(), node1.ipv6, 30080), CLIENT6.to_string());
     // Through another node the reply must come back that way: masquerade, and the pod
     // sees that node (the tutorial's `client_address=10.240.0.5`).
     let node2 = lab.node("node-2").unwrap();
-    node2
-        .apply_ruleset_text(&node_port_rules(node2, true))
-        .unwrap();
-    assert_eq!(
-        seen(&lab, lab.client(), node2.ipv4, 30080),
-        node2.ipv4.to_string()
-    );
-    assert_eq!(
-        seen(&lab, lab.client(), node2.ipv6, 30080),
-        node2.ipv6.to_string()
-    );
+    node2.apply_ruleset_text(&node_port_rules(node2, true)).unwrap();
+    assert_eq!(seen(&lab, lab.client(), node2.ipv4, 30080), node2.ipv4.to_string());
+    assert_eq!(seen(&lab, lab.client(), node2.ipv6, 30080), node2.ipv6.to_string());
 }
 
 #[test]
 fn a_bad_ruleset_is_refused() {
     let Some(lab) = start() else { return };
-    let err = lab
-        .node("node-1")
-        .unwrap()
-        .apply_ruleset_text("table inet x { chain");
+    let err = lab.node("node-1").unwrap().apply_ruleset_text("table inet x { chain");
     assert!(err.is_err());
 }
 
@@ -229,43 +155,31 @@ fn load_balancer_follows_node_health() {
     let mut stubs = Vec::new();
     for node in lab.nodes() {
         for vip in [format!("{LB_VIP4}/32"), format!("{LB_VIP6}/128")] {
-            lab.exec_in(&node.ns, &["ip", "addr", "add", &vip, "dev", "lo"])
-                .unwrap();
+            lab.exec_in(&node.ns, &["ip", "addr", "add", &vip, "dev", "lo"]).unwrap();
         }
         let status = if node.name == "node-1" { 200 } else { 503 };
-        stubs.push(
-            lab.start_echo(&node.ns, &node.name, HEALTH_CHECK_PORT, status)
-                .unwrap(),
-        );
+        stubs.push(lab.start_echo(&node.ns, &node.name, HEALTH_CHECK_PORT, status).unwrap());
     }
     let reached = |vip: IpAddr| {
-        lab.http_get_from(lab.client(), vip, HEALTH_CHECK_PORT)
-            .ok()
-            .and_then(|r| r.value("hostname").map(String::from))
+        lab.http_get_from(lab.client(), vip, HEALTH_CHECK_PORT).ok().and_then(|r| r.value("hostname").map(String::from))
     };
     let limit = Duration::from_secs(10);
     for vip in [IpAddr::from(LB_VIP4), LB_VIP6.into()] {
-        lab.wait_until(limit, || reached(vip).as_deref() == Some("node-1"))
-            .unwrap();
+        lab.wait_until(limit, || reached(vip).as_deref() == Some("node-1")).unwrap();
     }
     // Flip: node-1 fails, node-2 recovers.
     for (i, status) in [(0, 503), (1, 200)] {
         let node = &lab.nodes()[i];
         lab.stop(stubs[i]).unwrap();
-        stubs[i] = lab
-            .start_echo(&node.ns, &node.name, HEALTH_CHECK_PORT, status)
-            .unwrap();
+        stubs[i] = lab.start_echo(&node.ns, &node.name, HEALTH_CHECK_PORT, status).unwrap();
     }
     for vip in [IpAddr::from(LB_VIP4), LB_VIP6.into()] {
-        lab.wait_until(limit, || reached(vip).as_deref() == Some("node-2"))
-            .unwrap();
+        lab.wait_until(limit, || reached(vip).as_deref() == Some("node-2")).unwrap();
     }
     // Two healthy nodes share the VIP.
     let node3 = &lab.nodes()[2];
     lab.stop(stubs[2]).unwrap();
-    stubs[2] = lab
-        .start_echo(&node3.ns, &node3.name, HEALTH_CHECK_PORT, 200)
-        .unwrap();
+    stubs[2] = lab.start_echo(&node3.ns, &node3.name, HEALTH_CHECK_PORT, 200).unwrap();
     let route = || vip_route(&lab);
     lab.wait_until(limit, || {
         let r = route();
@@ -274,17 +188,11 @@ fn load_balancer_follows_node_health() {
     .unwrap();
     // A node that stops answering leaves the set.
     lab.stop(stubs[1]).unwrap();
-    lab.wait_until(limit, || {
-        route().contains("via 10.240.0.5") && !route().contains("10.240.0.4")
-    })
-    .unwrap();
+    lab.wait_until(limit, || route().contains("via 10.240.0.5") && !route().contains("10.240.0.4")).unwrap();
     // None left: the VIP is dropped.
     lab.stop(stubs[2]).unwrap();
-    lab.wait_until(limit, || route().starts_with("blackhole"))
-        .unwrap();
-    assert!(lab
-        .http_get_from(lab.client(), LB_VIP4.into(), HEALTH_CHECK_PORT)
-        .is_err());
+    lab.wait_until(limit, || route().starts_with("blackhole")).unwrap();
+    assert!(lab.http_get_from(lab.client(), LB_VIP4.into(), HEALTH_CHECK_PORT).is_err());
 }
 
 #[test]
@@ -300,10 +208,7 @@ fn dropping_the_lab_removes_everything_even_on_panic() {
     let prefix = lab.prefix().to_string();
     assert_eq!(lab_namespaces(&prefix).len(), 9);
     let echo = lab.pod("source-ip-app").unwrap().ns.clone();
-    let server = Command::new("ip")
-        .args(["netns", "pids", &echo])
-        .output()
-        .unwrap();
+    let server = Command::new("ip").args(["netns", "pids", &echo]).output().unwrap();
     let server = String::from_utf8_lossy(&server.stdout).trim().to_string();
     assert!(!server.is_empty());
     drop(lab);
@@ -329,10 +234,7 @@ fn leftovers_of_a_dead_run_are_removed() {
     // No process has this pid (above the kernel's maximum), so the lab is stale.
     let stale = "svl9999999x0";
     let ns = format!("{stale}-router");
-    Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .unwrap();
+    Command::new("ip").args(["netns", "add", &ns]).status().unwrap();
     let lab = start().unwrap();
     assert!(lab_namespaces(stale).is_empty());
     drop(lab);
@@ -358,11 +260,7 @@ fn command_line_brings_the_lab_up_and_down() {
     let prefix = format!("svl{}x900", std::process::id());
     let _removes = Removes(prefix.clone());
     let cli = |args: &[&str]| {
-        let out = Command::new(bin)
-            .args(args)
-            .env("SVCNFT_LAB_DIR", &dir)
-            .output()
-            .unwrap();
+        let out = Command::new(bin).args(args).env("SVCNFT_LAB_DIR", &dir).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {stderr}");
         String::from_utf8(out.stdout).unwrap()
@@ -372,28 +270,13 @@ fn command_line_brings_the_lab_up_and_down() {
     assert_eq!(lab_namespaces(&prefix).len(), 9);
     // The lab outlives `up`: its echo pod answers the printed command.
     let client = format!("{prefix}-client");
-    let get = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &client,
-            bin,
-            "get",
-            "http://10.244.1.5:8080/",
-        ])
-        .output()
-        .unwrap();
+    let get =
+        Command::new("ip").args(["netns", "exec", &client, bin, "get", "http://10.244.1.5:8080/"]).output().unwrap();
     let body = String::from_utf8_lossy(&get.stdout);
-    assert!(
-        body.contains(&format!("client_address={CLIENT4}")),
-        "{body}"
-    );
+    assert!(body.contains(&format!("client_address={CLIENT4}")), "{body}");
     assert!(cli(&["up"]).contains("already up"));
     let status = cli(&["status"]);
-    assert!(
-        status.contains(&format!("load balancer: blackhole {LB_VIP4}")),
-        "{status}"
-    );
+    assert!(status.contains(&format!("load balancer: blackhole {LB_VIP4}")), "{status}");
     cli(&["down"]);
     assert!(lab_namespaces(&prefix).is_empty());
     assert!(cli(&["down"]).contains("no lab is up"));
