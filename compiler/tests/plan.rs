@@ -292,8 +292,7 @@ fn unresolved_named_target_gets_no_endpoints() {
 fn node_port_addresses_primary_cidrs_and_all() {
     let svc = "service default/np { type node-port; cluster-ip 10.96.0.12; port 80/tcp node-port 30080 }";
     let scope = |cluster: &str| {
-        let policy = format!("{svc}");
-        let text = format!("{}\n{policy}", NODES.replace("cluster {", &format!("cluster {{ {cluster};")));
+        let text = format!("{}\n{svc}", NODES.replace("cluster {", &format!("cluster {{ {cluster};")));
         let files = [SourceFile { name: "t.svc".into(), text }];
         let checked = svcnft_compiler::check::check(&files).unwrap_or_else(|d| panic!("{}", d.render(&files)));
         plan(&checked.policy, "node-3").unwrap().families[0].node_ports_on.clone()
