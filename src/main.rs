@@ -77,7 +77,7 @@ enum Command {
         node: String,
         /// The client address; one of the node's own addresses means the node sends it.
         #[arg(long, value_name = "ADDR")]
-        from: std::net::IpAddr,
+        from: String,
         /// The destination: ADDR:PORT, or [ADDR]:PORT for IPv6.
         #[arg(long, value_name = "ADDR:PORT")]
         to: String,
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         Command::Apply { policy, node, dry_run } => apply(&policy, &node, dry_run),
         Command::Cleanup => cleanup(),
         Command::Trace { policy, node, from, to, proto, returning_to, json } => {
-            trace(&policy, &node, from, &to, &proto, returning_to.as_deref(), json)
+            trace(&policy, &node, &from, &to, &proto, returning_to.as_deref(), json)
         }
     })
 }
@@ -279,17 +279,18 @@ fn cleanup() -> u8 {
 fn trace(
     paths: &[PathBuf],
     node: &str,
-    from: std::net::IpAddr,
+    from: &str,
     to: &str,
     proto: &str,
     returning_to: Option<&str>,
     json: bool,
 ) -> u8 {
-    use svcnft_compiler::trace::{parse_destination, parse_protocol, Packet, TraceOptions};
+    use svcnft_compiler::trace::{parse_destination, parse_protocol, parse_source, Packet, TraceError, TraceOptions};
     let packet = (|| {
+        let from = parse_source(from)?;
         let to = parse_destination(to)?;
         let returning_to = returning_to.map(parse_destination).transpose()?;
-        Ok::<_, svcnft_compiler::trace::TraceError>((Packet::new(from, to, parse_protocol(proto)?)?, returning_to))
+        Ok::<_, TraceError>((Packet::new(from, to, parse_protocol(proto)?)?, returning_to))
     })();
     let (packet, returning_to) = match packet {
         Ok(p) => p,

@@ -32,6 +32,13 @@ pub enum TraceError {
     Destination(String),
     #[error("unknown protocol `{0}`: expected tcp, udp or sctp")]
     Protocol(String),
+    #[error("invalid source `{0}`: expected an IPv4 or IPv6 address")]
+    Source(String),
+}
+
+/// Parses a source address.
+pub fn parse_source(text: &str) -> Result<IpAddr, TraceError> {
+    text.parse().map_err(|_| TraceError::Source(text.to_string()))
 }
 
 /// Parses a destination: `ADDR:PORT`, or `[ADDR]:PORT` for IPv6.
