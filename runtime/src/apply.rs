@@ -145,6 +145,11 @@ impl Applier {
                     retries += 1;
                     self.reread()?;
                 }
+                Err(nl::Error::Rejected { index, op, source }) => {
+                    // Batch operations are the transaction's, one for one: name it in nft syntax.
+                    let op = transaction.ops.get(index).map_or(op, |o| o.to_string());
+                    return Err(ApplyError::Rejected { index, op, reason: source });
+                }
                 Err(e) => return Err(e.into()),
             }
         }
