@@ -411,6 +411,10 @@ impl Lab {
             self.add_ns(&pod.ns, false)?;
             self.link(&node.ns, &port, &pod.ns, "eth0")?;
             self.ip(&node.ns, &format!("link set {port} master cbr0 up"))?;
+            // As kubelet's hairpin-veth mode: a pod reaching itself through a service
+            // comes back out of the port it entered by, which a bridge refuses
+            // otherwise once br_netfilter hands it the DNATed packet.
+            self.ip(&node.ns, &format!("link set {port} type bridge_slave hairpin on"))?;
             self.addr(&pod.ns, "eth0", pod.ipv4, 24, pod.ipv6)?;
             self.default_routes(&pod.ns, node.pod_gateway4, node.pod_gateway6)?;
         }
