@@ -1,4 +1,6 @@
 //! What every lab test needs: a lab of its own, or a reason to skip (a failure under CI).
+// Each test file compiles this module and uses part of it.
+#![allow(dead_code)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -41,7 +43,6 @@ pub fn seen(lab: &Lab, ns: &str, addr: impl Into<IpAddr>, port: u16) -> String {
 }
 
 /// A policy of the lab's `policies/` directory.
-#[allow(dead_code)] // not every test file applies policies
 pub fn policy(name: &str) -> Vec<PathBuf> {
     vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies").join(name)]
 }
