@@ -24,8 +24,9 @@ mod common;
 use common::{policy, start};
 
 /// The policies the flows run under, applied one after the other on the live rules.
-const POLICIES: [&str; 4] = ["tutorial-cluster.svc", "tutorial-local.svc", "tutorial-moved.svc", "features.svc"];
-const FLOWS_PER_POLICY: usize = 150;
+const POLICIES: [&str; 5] =
+    ["tutorial-cluster.svc", "tutorial-local.svc", "tutorial-moved.svc", "features.svc", "masquerade-all.svc"];
+const FLOWS_PER_POLICY: usize = 200;
 /// Fixed, so that a failure can be replayed; `SVCNFT_DIFF_SEED` explores others.
 const SEED: u64 = 0x5eed_5e7c;
 /// Silence this long is a drop; an answer that was only slow is asked again, patiently.
@@ -106,7 +107,10 @@ fn destinations(policy: &Policy) -> Vec<(SocketAddr, Protocol)> {
                 out.push((SocketAddr::new(addr, port.port.get()), port.protocol));
             }
             if let Some(node_port) = port.node_port {
-                for addr in policy.nodes.iter().flat_map(|n| &n.addresses) {
+                // Node ports of a family the service lacks are the extras' business.
+                let families: Vec<Family> = svc.cluster_ips.iter().map(|&a| Family::of(a)).collect();
+                let addresses = policy.nodes.iter().flat_map(|n| &n.addresses);
+                for addr in addresses.filter(|&&a| families.contains(&Family::of(a))) {
                     out.push((SocketAddr::new(*addr, node_port.get()), port.protocol));
                 }
             }
