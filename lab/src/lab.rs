@@ -319,6 +319,7 @@ impl Lab {
             out += &format!("  pod {} on {} {} ({}, {})\n", p.name, p.node, p.ns, p.ipv4, p.ipv6);
         }
         out += "\ntry:\n";
+        out += &format!("  {tool} apply lab/policies/tutorial-cluster.svc   # svcnft's rules on every node\n");
         let rules = "   # once the nodes have svcnft's rules";
         for (ns, url, note) in [
             (&self.pods[2].ns, Target::url(echo.ipv4.into(), ECHO_PORT), ""),
