@@ -233,10 +233,15 @@ impl Lab {
         let (port, status) = (port.to_string(), status.to_string());
         let args = ["echo-server", "--name", name, "--port", &port, "--status", &status];
         let pid = self.spawn_in(ns, &args)?;
-        // Ready when it answers on loopback.
-        let url = format!("http://127.0.0.1:{port}/");
-        self.wait_until(Duration::from_secs(5), || self.get_from(ns, &url).is_ok())?;
+        self.wait_serving(ns, &port)?;
         Ok(pid)
+    }
+
+    /// Waits until an HTTP server of ours answers on `port` in `ns`, over loopback; on a
+    /// loaded machine a start under `ip netns exec` can take seconds.
+    fn wait_serving(&self, ns: &str, port: &str) -> Result<(), Error> {
+        let url = format!("http://127.0.0.1:{port}/");
+        self.wait_until(Duration::from_secs(15), || self.get_from(ns, &url).is_ok())
     }
 
     /// Fetches `url` (`http://…` or `udp://…`) from inside a namespace.
@@ -287,8 +292,7 @@ impl Lab {
             let service = check.service.to_string();
             let args = ["health-check-server", "--port", &port, "--service", &service, "--local-endpoints", &count];
             pids.push(self.spawn_in(ns, &args)?);
-            let url = format!("http://127.0.0.1:{port}/");
-            self.wait_until(Duration::from_secs(5), || self.get_from(ns, &url).is_ok())?;
+            self.wait_serving(ns, &port)?;
         }
         Ok(pids)
     }
