@@ -59,6 +59,11 @@ fn the_source_ip_tutorial() {
         assert_eq!(seen(&lab, &pod.ns, ip("10.0.170.92"), 80), pod.ipv4.to_string());
     }
 
+    // A pod reaching itself through its service is masqueraded (hairpin), or its reply
+    // would never find the translation to undo.
+    let echo = lab.pod("source-ip-app").unwrap();
+    assert_eq!(seen(&lab, &echo.ns, ip("10.0.170.92"), 80), "10.244.1.1");
+
     // NodePort, externalTrafficPolicy cluster: always masqueraded. node-1 reaches its
     // own pod over the pod bridge, the others over the node network.
     for (node, expected) in [("10.240.0.3", "10.244.1.1"), ("10.240.0.4", "10.240.0.4"), ("10.240.0.5", "10.240.0.5")] {
@@ -81,6 +86,11 @@ fn the_source_ip_tutorial() {
         let pod = lab.pod(pod).unwrap();
         assert_eq!(seen(&lab, &pod.ns, ip(node), 30080), pod.ipv4.to_string(), "{} through {node}", pod.name);
     }
+    // Through another node, the unmasqueraded reply goes straight from the endpoint's
+    // node to the pod, past the node that translated the request: the connection never
+    // completes (kube-proxy's rules behave the same).
+    let pod = lab.pod("busybox-2").unwrap();
+    assert_eq!(outcome(&lab, &pod.ns, "http://10.240.0.5:30080/"), Outcome::TimedOut);
 
     // LoadBalancer, cluster policy: through whichever node the load balancer picks, the
     // pod sees that node. (No node serves a health check yet, so the load balancer
