@@ -201,8 +201,9 @@ impl Compiled {
     }
 
     /// Follows the packet node by node: each node's rules as the tracer reads them,
-    /// then the lab's routing to the next node while the rules let it pass.
-    fn predict(&self, flow: &Flow) -> Expected {
+    /// then the lab's routing to the next node while the rules let it pass. A client
+    /// `returning_to` an endpoint is in that endpoint's session-affinity sets.
+    fn predict(&self, flow: &Flow, returning_to: Option<SocketAddr>) -> Expected {
         let from = flow.source.address(Family::of(flow.to.ip()));
         let packet = Packet::new(from, flow.to, flow.protocol).unwrap();
         let mut node = match &flow.source.first_node {
@@ -215,7 +216,7 @@ impl Compiled {
         let mut visited = vec![node];
         loop {
             let (plan, ruleset) = &self.nodes[node];
-            let t = trace::trace(ruleset, &plan.node, &packet, &TraceOptions::default());
+            let t = trace::trace(ruleset, &plan.node, &packet, &TraceOptions { returning_to });
             match t.verdict {
                 TraceVerdict::Dnat => {
                     let (pairs, lost): (Vec<_>, Vec<_>) =
@@ -327,6 +328,7 @@ fn the_tracer_predicts_what_the_kernel_does() {
     let disagreements = Mutex::new(Vec::new());
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
     let mut total = 0;
+    let returning = AtomicUsize::new(0);
     for name in POLICIES {
         let paths = policy(name);
         let files = svcnft_runtime::sources::read_policy(&paths).unwrap();
@@ -339,7 +341,7 @@ fn the_tracer_predicts_what_the_kernel_does() {
                 let &(to, protocol) = rng.pick(&destinations);
                 let flow =
                     Flow { source: rng.pick(&sources).clone(), to, protocol, ingress: rng.pick(&node_names).clone() };
-                let expected = compiled.predict(&flow);
+                let expected = compiled.predict(&flow, None);
                 (flow, expected)
             })
             .collect();
@@ -348,17 +350,31 @@ fn the_tracer_predicts_what_the_kernel_does() {
             route_through(&lab, &compiled, ingress);
             let batch: Vec<&(Flow, Expected)> = flows.iter().filter(|(f, _)| &f.ingress == ingress).collect();
             let next = AtomicUsize::new(0);
+            let check = |flow: &Flow, expected: &Expected, what: &str| {
+                let mut observed = observe(&lab, flow, DROP_WAIT);
+                if observed == Observed::Silence && !agrees(expected, &observed) {
+                    observed = observe(&lab, flow, PATIENT_WAIT);
+                }
+                if !agrees(expected, &observed) {
+                    let line = format!("{name}: {what}{flow}: traced {expected:?}, kernel {observed:?}");
+                    disagreements.lock().unwrap().push(line);
+                }
+                observed
+            };
             std::thread::scope(|scope| {
                 for _ in 0..PARALLEL {
                     scope.spawn(|| {
                         while let Some((flow, expected)) = batch.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            let mut observed = observe(&lab, flow, DROP_WAIT);
-                            if observed == Observed::Silence && !agrees(expected, &observed) {
-                                observed = observe(&lab, flow, PATIENT_WAIT);
-                            }
-                            if !agrees(expected, &observed) {
-                                let line = format!("{name}: {flow}: traced {expected:?}, kernel {observed:?}");
-                                disagreements.lock().unwrap().push(line);
+                            // A client answered by one of several endpoints comes back:
+                            // where session affinity holds, the tracer told of its
+                            // return must name the endpoint the kernel picks again.
+                            if let (Expected::Answer { pairs, .. }, Observed::Answer(endpoint, _)) =
+                                (expected, check(flow, expected, ""))
+                            {
+                                if pairs.len() > 1 {
+                                    check(flow, &compiled.predict(flow, Some(endpoint)), "returning ");
+                                    returning.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                     });
@@ -371,7 +387,8 @@ fn the_tracer_predicts_what_the_kernel_does() {
         }
         total += flows.len();
     }
-    eprintln!("{total} flows (seed {seed:#x}): {tally:?}");
+    let returning = returning.into_inner();
+    eprintln!("{total} flows (seed {seed:#x}): {tally:?}, and {returning} returning clients");
     let disagreements = disagreements.into_inner().unwrap();
     assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
 }
