@@ -2,7 +2,7 @@
 //! connection came from, which is exactly what the source-IP questions are about.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::thread;
 use std::time::Duration;
 
@@ -18,13 +18,16 @@ pub struct EchoConfig {
 
 /// Serves HTTP on TCP and echoes on UDP, on every address of the namespace, until killed.
 pub fn serve(config: EchoConfig) -> std::io::Result<()> {
-    // One dual-stack socket per transport: IPv4 peers show as mapped addresses, which
+    // One dual-stack TCP socket: IPv4 peers show as mapped addresses, which
     // `to_canonical` undoes.
-    let any = SocketAddr::new(IpAddr::from([0u16; 8]), config.port);
-    let tcp = TcpListener::bind(any)?;
-    let udp = UdpSocket::bind(any)?;
-    let udp_config = config.clone();
-    thread::spawn(move || serve_udp(&udp, &udp_config));
+    let tcp = TcpListener::bind(SocketAddr::new(IpAddr::from([0u16; 8]), config.port))?;
+    // One UDP socket per address, so that each knows the address it was reached at (a
+    // wildcard one would report `[::]`): after DNAT, that is the endpoint.
+    for addr in local_addresses()? {
+        let udp = UdpSocket::bind(SocketAddr::new(addr, config.port))?;
+        let udp_config = config.clone();
+        thread::spawn(move || serve_udp(&udp, &udp_config));
+    }
     for stream in tcp.incoming().flatten() {
         let config = config.clone();
         thread::spawn(move || {
@@ -33,6 +36,42 @@ pub fn serve(config: EchoConfig) -> std::io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// The namespace's own addresses, but link-local ones (binding those needs a scope).
+fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, which is freed below and not used after.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, and each address
+        // points to the sockaddr type its family names.
+        let ifa = unsafe { &*cur };
+        let addr = unsafe {
+            match ifa.ifa_addr.as_ref().map(|a| i32::from(a.sa_family)) {
+                Some(libc::AF_INET) => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    Some(IpAddr::from(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                }
+                Some(libc::AF_INET6) => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    Some(IpAddr::from(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        out.extend(addr.filter(|a| !matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local())));
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 fn serve_udp(socket: &UdpSocket, config: &EchoConfig) {

@@ -72,36 +72,60 @@ impl Response {
     }
 }
 
+/// How a request ended, told apart the way a test needs them: an answer, a refusal
+/// (TCP reset or ICMP unreachable: a reject), silence (a drop), or another failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Answered(Response),
+    Refused,
+    TimedOut,
+    Failed(String),
+}
+
+/// Sends one request and classifies how it ended.
+pub fn probe(target: &Target, timeout: Duration) -> Outcome {
+    match exchange(target, timeout) {
+        Ok(response) => Outcome::Answered(response),
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        Err(Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+            Outcome::TimedOut
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
 /// Sends one request and waits at most `timeout` to connect and again for each read.
 pub fn get(target: &Target, timeout: Duration) -> Result<Response, Error> {
-    let io = |e: std::io::Error| Error::Http(format!("{}: {e}", target.addr));
+    exchange(target, timeout).map_err(|e| match e {
+        Error::Io(e) => Error::Http(format!("{}: {e}", target.addr)),
+        Error::Http(msg) => Error::Http(format!("{}: {msg}", target.addr)),
+        e => e,
+    })
+}
+
+fn exchange(target: &Target, timeout: Duration) -> Result<Response, Error> {
     if target.udp {
         let local: SocketAddr = if target.addr.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
             "[::]:0".parse().expect("literal")
         };
-        let socket = UdpSocket::bind(local).map_err(io)?;
-        socket.set_read_timeout(Some(timeout)).map_err(io)?;
-        socket.connect(target.addr).map_err(io)?;
-        socket.send(target.path.as_bytes()).map_err(io)?;
+        let socket = UdpSocket::bind(local)?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.connect(target.addr)?;
+        socket.send(target.path.as_bytes())?;
         let mut buf = vec![0; 65536];
-        let n = socket.recv(&mut buf).map_err(io)?;
+        let n = socket.recv(&mut buf)?;
         return Ok(Response { status: 0, body: String::from_utf8_lossy(&buf[..n]).into_owned() });
     }
-    let mut stream = TcpStream::connect_timeout(&target.addr, timeout).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut stream = TcpStream::connect_timeout(&target.addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
     write!(
         stream,
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: svcnft-lab\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         target.path, target.addr
-    )
-    .map_err(io)?;
-    read_response(BufReader::new(stream)).map_err(|e| match e {
-        Error::Io(e) => io(e),
-        Error::Http(msg) => Error::Http(format!("{}: {msg}", target.addr)),
-        e => e,
-    })
+    )?;
+    read_response(BufReader::new(stream))
 }
 
 /// Reads a response whatever framing the server chose (length, chunks or close), so the

@@ -2,17 +2,20 @@
 //! each a network namespace, wired by veth pairs that never touch the host's namespace.
 
 use std::fs;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::http::{Response, Target};
+use svcnft_compiler::{NodePlan, Ruleset};
+use svcnft_runtime::apply::{Applier, ApplyReport};
+
+use crate::http::{Outcome, Response, Target};
 use crate::Error;
 
 /// The port the echo pod serves on (TCP and UDP), as in the tutorial.
@@ -68,13 +71,6 @@ pub struct Node {
     /// The pod bridge's addresses: the first of the node's pod CIDRs, the pods' gateway.
     pub pod_gateway4: Ipv4Addr,
     pub pod_gateway6: Ipv6Addr,
-}
-
-impl Node {
-    /// Loads an nftables ruleset into the node's namespace, atomically.
-    pub fn apply_ruleset_text(&self, text: &str) -> Result<(), Error> {
-        run_with_input(Command::new("ip").args(["netns", "exec", &self.ns, "nft", "-f", "-"]), text).map(drop)
-    }
 }
 
 /// A pod: a namespace behind its node's pod bridge.
@@ -237,10 +233,15 @@ impl Lab {
         let (port, status) = (port.to_string(), status.to_string());
         let args = ["echo-server", "--name", name, "--port", &port, "--status", &status];
         let pid = self.spawn_in(ns, &args)?;
-        // Ready when it answers on loopback.
-        let url = format!("http://127.0.0.1:{port}/");
-        self.wait_until(Duration::from_secs(5), || self.get_from(ns, &url).is_ok())?;
+        self.wait_serving(ns, &port)?;
         Ok(pid)
+    }
+
+    /// Waits until an HTTP server of ours answers on `port` in `ns`, over loopback; on a
+    /// loaded machine a start under `ip netns exec` can take seconds.
+    fn wait_serving(&self, ns: &str, port: &str) -> Result<(), Error> {
+        let url = format!("http://127.0.0.1:{port}/");
+        self.wait_until(Duration::from_secs(15), || self.get_from(ns, &url).is_ok())
     }
 
     /// Fetches `url` (`http://…` or `udp://…`) from inside a namespace.
@@ -252,6 +253,48 @@ impl Lab {
     /// `GET http://addr:port/` from inside a namespace.
     pub fn http_get_from(&self, ns: &str, addr: IpAddr, port: u16) -> Result<Response, Error> {
         self.get_from(ns, &Target::url(addr, port))
+    }
+
+    /// Sends one request from inside a namespace, in this process (no `ip netns exec`, so
+    /// thousands of them stay cheap), and tells how it ended.
+    pub fn probe_from(&self, ns: &str, target: &Target, timeout: Duration) -> Result<Outcome, Error> {
+        in_namespace(ns, || crate::http::probe(target, timeout))
+    }
+
+    /// Compiles `policy` for `node` and applies it to the node's kernel through svcnft's
+    /// runtime, as `svcnft apply` does: the difference from what the node holds, in one
+    /// atomic batch, so a changed policy updates live rules incrementally.
+    pub fn apply_policy(&self, node: &str, policy: &[PathBuf]) -> Result<ApplyReport, Error> {
+        let (_, ruleset) = compile(policy, node)?;
+        let ns = &self.node(node)?.ns;
+        Ok(in_namespace(ns, || Applier::open().and_then(|mut applier| applier.apply(&ruleset)))??)
+    }
+
+    /// Applies `policy` to every node, each compiled for itself.
+    pub fn apply_policy_everywhere(&self, policy: &[PathBuf]) -> Result<(), Error> {
+        self.nodes.iter().try_for_each(|n| self.apply_policy(&n.name, policy).map(drop))
+    }
+
+    /// Removes svcnft's tables from a node, as `svcnft cleanup` does.
+    pub fn cleanup(&self, node: &str) -> Result<ApplyReport, Error> {
+        Ok(in_namespace(&self.node(node)?.ns, || Applier::open().and_then(|mut applier| applier.cleanup()))??)
+    }
+
+    /// Serves the node's health-check node ports as `policy` prescribes, with stand-ins
+    /// for the node agent (`svcnft run`), which will take their place here. Returns the
+    /// servers' pids for [`Lab::stop`].
+    pub fn start_health_checks(&self, node: &str, policy: &[PathBuf]) -> Result<Vec<u32>, Error> {
+        let (plan, _) = compile(policy, node)?;
+        let ns = &self.node(node)?.ns;
+        let mut pids = Vec::new();
+        for check in &plan.health_checks {
+            let (port, count) = (check.port.to_string(), check.local_endpoints.to_string());
+            let service = check.service.to_string();
+            let args = ["health-check-server", "--port", &port, "--service", &service, "--local-endpoints", &count];
+            pids.push(self.spawn_in(ns, &args)?);
+            self.wait_serving(ns, &port)?;
+        }
+        Ok(pids)
     }
 
     /// Polls `ready` until it holds, or fails after `limit`.
@@ -280,6 +323,7 @@ impl Lab {
             out += &format!("  pod {} on {} {} ({}, {})\n", p.name, p.node, p.ns, p.ipv4, p.ipv6);
         }
         out += "\ntry:\n";
+        out += &format!("  {tool} apply lab/policies/tutorial-cluster.svc   # svcnft's rules on every node\n");
         let rules = "   # once the nodes have svcnft's rules";
         for (ns, url, note) in [
             (&self.pods[2].ns, Target::url(echo.ipv4.into(), ECHO_PORT), ""),
@@ -320,6 +364,10 @@ impl Lab {
                 "net.ipv6.conf.default.accept_dad=0",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
+                // Every reject must reach its client: tests tell a reject from a drop by
+                // the ICMP error, which rate limiting would turn into silence.
+                "net.ipv4.icmp_ratelimit=0",
+                "net.ipv6.icmp.ratelimit=0",
             ],
         )
         .map(drop)
@@ -368,6 +416,10 @@ impl Lab {
             self.add_ns(&pod.ns, false)?;
             self.link(&node.ns, &port, &pod.ns, "eth0")?;
             self.ip(&node.ns, &format!("link set {port} master cbr0 up"))?;
+            // As kubelet's hairpin-veth mode: a pod reaching itself through a service
+            // comes back out of the port it entered by, which a bridge refuses
+            // otherwise once br_netfilter hands it the DNATed packet.
+            self.ip(&node.ns, &format!("link set {port} type bridge_slave hairpin on"))?;
             self.addr(&pod.ns, "eth0", pod.ipv4, 24, pod.ipv6)?;
             self.default_routes(&pod.ns, node.pod_gateway4, node.pod_gateway6)?;
         }
@@ -386,8 +438,10 @@ impl Lab {
     }
 
     fn start_services(&self) -> Result<(), Error> {
-        let echo = &self.pods[0];
-        self.start_echo(&echo.ns, &echo.name, ECHO_PORT, 200)?;
+        // Every pod echoes, so that any of them can be an endpoint.
+        for pod in &self.pods {
+            self.start_echo(&pod.ns, &pod.name, ECHO_PORT, 200)?;
+        }
         let mut args: Vec<String> = ["load-balancer", "--health-port"].map(String::from).into();
         args.push(HEALTH_CHECK_PORT.to_string());
         args.push("--interval-ms".into());
@@ -424,6 +478,31 @@ impl Drop for Lab {
             eprintln!("svcnft-lab: removing lab {}: {e}", self.config.prefix);
         }
     }
+}
+
+/// Reads, checks and compiles a policy for one node.
+pub fn compile(policy: &[PathBuf], node: &str) -> Result<(NodePlan, Ruleset), Error> {
+    let files = svcnft_runtime::sources::read_policy(policy).map_err(|e| Error::Policy(e.to_string()))?;
+    let checked = svcnft_compiler::check(&files).map_err(|d| Error::Policy(d.render(&files)))?;
+    svcnft_compiler::compile(&checked.policy, node).map_err(|e| Error::Policy(e.to_string()))
+}
+
+/// Runs `f` on a thread that has entered the network namespace `ns`: sockets and netlink
+/// opened there belong to `ns`, while the calling thread stays where it is.
+pub fn in_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+    let file = fs::File::open(Path::new("/run/netns").join(ns))?;
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: `file` is a namespace file; setns changes only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 fn pod_cidrs(node: &Node) -> (String, String) {
@@ -501,18 +580,8 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs a command to completion; a non-zero exit is an error carrying its stderr.
 pub(crate) fn run(cmd: &mut Command) -> Result<String, Error> {
-    run_with_input(cmd, "")
-}
-
-fn run_with_input(cmd: &mut Command, input: &str) -> Result<String, Error> {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| Error::Spawn(describe(cmd), e))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let input = input.to_owned();
-    // Written from a thread so that a large input cannot deadlock against the output.
-    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output()?;
-    let _ = writer.join();
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = cmd.spawn().map_err(|e| Error::Spawn(describe(cmd), e))?.wait_with_output()?;
     if !out.status.success() {
         return Err(Error::Command {
             command: describe(cmd),

@@ -3,6 +3,7 @@
 //! real packets: which endpoint does a packet reach, and what source does the pod see?
 
 pub mod echo;
+pub mod health;
 pub mod http;
 pub mod lab;
 pub mod lb;
@@ -27,6 +28,10 @@ pub enum Error {
     Url(String),
     #[error("{0}")]
     Http(String),
+    #[error("invalid policy:\n{0}")]
+    Policy(String),
+    #[error(transparent)]
+    Apply(#[from] svcnft_runtime::apply::ApplyError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
 use svcnft_lab::echo::{self, EchoConfig};
+use svcnft_lab::health::{self, HealthCheckConfig};
 use svcnft_lab::http::{self, Target};
 use svcnft_lab::lab::{self, state_file, LB_VIP4, LB_VIP6};
 use svcnft_lab::lb::{self, LoadBalancerConfig};
@@ -50,6 +53,24 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         status: u16,
     },
+    /// Apply a policy to every node of the running lab through svcnft's runtime.
+    Apply {
+        #[arg(required = true, value_name = "POLICY")]
+        policy: Vec<PathBuf>,
+    },
+    /// Remove svcnft's rules from every node of the running lab.
+    Cleanup,
+    /// Answer a health-check node port for one service, as the node agent will.
+    HealthCheckServer {
+        #[arg(long)]
+        port: u16,
+        /// NAMESPACE/NAME.
+        #[arg(long)]
+        service: String,
+        /// Ready endpoints of the service on this node: 200 if any, else 503.
+        #[arg(long)]
+        local_endpoints: usize,
+    },
     /// Route VIPs to the backends whose health-check port answers 200 (run in the router).
     LoadBalancer {
         #[arg(long = "vip", required = true)]
@@ -85,6 +106,21 @@ fn recorded_prefix() -> Option<String> {
     Some(text.trim().to_string()).filter(|p| !p.is_empty())
 }
 
+/// The lab that `up` recorded.
+fn running() -> Result<Lab, Error> {
+    let prefix = recorded_prefix().ok_or_else(|| Error::NotUp("(none recorded)".into()))?;
+    Lab::attach(config(prefix)?)
+}
+
+/// `svcnft apply`'s summary line.
+fn summary(report: &svcnft_runtime::apply::ApplyReport) -> String {
+    if report.operations == 0 {
+        "no changes".into()
+    } else {
+        format!("applied {} operations in {} ms", report.operations, report.elapsed.as_millis())
+    }
+}
+
 fn run(command: Cmd) -> Result<(), Error> {
     match command {
         Cmd::Up { prefix } => {
@@ -107,9 +143,23 @@ fn run(command: Cmd) -> Result<(), Error> {
             }
             None => println!("no lab is up"),
         },
+        Cmd::Apply { policy } => {
+            let lab = running()?;
+            for node in lab.nodes() {
+                println!("{}: {}", node.name, summary(&lab.apply_policy(&node.name, &policy)?));
+            }
+        }
+        Cmd::Cleanup => {
+            let lab = running()?;
+            for node in lab.nodes() {
+                println!("{}: {}", node.name, summary(&lab.cleanup(&node.name)?));
+            }
+        }
+        Cmd::HealthCheckServer { port, service, local_endpoints } => {
+            health::serve(HealthCheckConfig { port, service, local_endpoints })?;
+        }
         Cmd::Status => {
-            let prefix = recorded_prefix().ok_or_else(|| Error::NotUp("(none recorded)".into()))?;
-            let lab = Lab::attach(config(prefix)?)?;
+            let lab = running()?;
             print!("{}", lab.guide());
             for vip in [IpAddr::from(LB_VIP4), LB_VIP6.into()] {
                 let family = if vip.is_ipv4() { "-4" } else { "-6" };

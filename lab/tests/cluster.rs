@@ -6,38 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use svcnft_lab::lab::{CLIENT4, CLIENT6, ECHO_PORT, HEALTH_CHECK_PORT, LB_VIP4, LB_VIP6};
-use svcnft_lab::{Lab, LabConfig};
+use svcnft_lab::Lab;
 
-/// Why the lab cannot run here, if it cannot.
-fn missing() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        return Some("not root".into());
-    }
-    ["ip", "nft"]
-        .into_iter()
-        .find(|tool| Command::new(tool).arg("-V").output().is_err())
-        .map(|tool| format!("`{tool}` is not installed"))
-}
-
-fn start() -> Option<Lab> {
-    if let Some(reason) = missing() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "the lab cannot run under CI: {reason}");
-        eprintln!("skipping lab test: {reason}");
-        return None;
-    }
-    let mut config = LabConfig::new(env!("CARGO_BIN_EXE_svcnft-lab"));
-    config.health_interval = Duration::from_millis(200);
-    Some(Lab::up(config).expect("lab comes up"))
-}
-
-/// The source address the echo pod reports for a request from `ns` to `addr:port`.
-fn seen(lab: &Lab, ns: &str, addr: impl Into<IpAddr>, port: u16) -> String {
-    let response = lab.http_get_from(ns, addr.into(), port).unwrap_or_else(|e| panic!("GET from {ns}: {e}"));
-    assert_eq!(response.status, 200, "{}", response.body);
-    response.value("client_address").expect("echo body").to_string()
-}
+mod common;
+use common::{missing, seen, start};
 
 /// The router's route for the IPv4 VIP: where the load balancer sends it.
 fn vip_route(lab: &Lab) -> String {
@@ -103,6 +75,15 @@ fn udp_echo_reports_the_client() {
     }
 }
 
+/// Loads hand-written nftables rules into a node: `nft` as an oracle for the topology,
+/// independent of svcnft.
+fn load_nft(lab: &Lab, node: &svcnft_lab::Node, text: &str) {
+    let file = std::env::temp_dir().join(format!("{}-{}.nft", lab.prefix(), node.name));
+    std::fs::write(&file, text).unwrap();
+    lab.exec_in(&node.ns, &["nft", "-f", &file.to_string_lossy()]).unwrap();
+    std::fs::remove_file(file).unwrap();
+}
+
 /// A node port 30080 forwarded to the echo pod, the way kube-proxy does it, optionally
 /// masqueraded.
 fn node_port_rules(node: &svcnft_lab::Node, masquerade: bool) -> String {
@@ -129,22 +110,25 @@ fn masquerade_replaces_the_client_address_with_the_node_address() {
     let Some(lab) = start() else { return };
     // On the endpoint's own node, DNAT alone keeps the client's address (eTP Local).
     let node1 = lab.node("node-1").unwrap();
-    node1.apply_ruleset_text(&node_port_rules(node1, false)).unwrap();
+    load_nft(&lab, node1, &node_port_rules(node1, false));
     assert_eq!(seen(&lab, lab.client(), node1.ipv4, 30080), CLIENT4.to_string());
     assert_eq!(seen(&lab, lab.client(), node1.ipv6, 30080), CLIENT6.to_string());
     // Through another node the reply must come back that way: masquerade, and the pod
     // sees that node (the tutorial's `client_address=10.240.0.5`).
     let node2 = lab.node("node-2").unwrap();
-    node2.apply_ruleset_text(&node_port_rules(node2, true)).unwrap();
+    load_nft(&lab, node2, &node_port_rules(node2, true));
     assert_eq!(seen(&lab, lab.client(), node2.ipv4, 30080), node2.ipv4.to_string());
     assert_eq!(seen(&lab, lab.client(), node2.ipv6, 30080), node2.ipv6.to_string());
 }
 
 #[test]
-fn a_bad_ruleset_is_refused() {
+fn an_invalid_policy_never_reaches_a_node() {
     let Some(lab) = start() else { return };
-    let err = lab.node("node-1").unwrap().apply_ruleset_text("table inet x { chain");
-    assert!(err.is_err());
+    let file = std::env::temp_dir().join(format!("{}-bad.svc", lab.prefix()));
+    std::fs::write(&file, "service default/x { port 80/tcp }\n").unwrap();
+    let err = lab.apply_policy("node-1", std::slice::from_ref(&file)).unwrap_err();
+    std::fs::remove_file(file).unwrap();
+    assert!(matches!(err, svcnft_lab::Error::Policy(_)), "{err}");
 }
 
 #[test]
