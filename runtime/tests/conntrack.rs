@@ -47,7 +47,7 @@ fn removes_only_the_flows_of_the_removed_endpoint() {
     .unwrap();
     let before = proc_conntrack(&ns);
     let flow_to = |table: &str, port: &str| {
-        table.lines().any(|l| l.contains(&"dst=10.96.0.10 sport=") && l.contains(&format!("dport={port} ")))
+        table.lines().any(|l| l.contains("dst=10.96.0.10 sport=") && l.contains(&format!("dport={port} ")))
     };
     assert!(flow_to(&before, "53") && flow_to(&before, "54"), "{before}");
 
