@@ -48,9 +48,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("svcnft");
         let buckets = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("svcnft"),
             full: buckets(),
             partial: buckets(),
             last_sync: Gauge::default(),
@@ -62,24 +62,24 @@ impl Metrics {
             chains: Gauge::default(),
             elements: Gauge::default(),
             no_local_endpoints: Family::default(),
-            registry: Registry::default(),
         };
-        registry.register("sync_full_duration_seconds", "Full syncs: read-back and reconcile", m.full.clone());
-        registry.register("sync_partial_duration_seconds", "Syncs of a policy change", m.partial.clone());
-        registry.register("last_sync_timestamp_seconds", "When the rules last matched the policy", m.last_sync.clone());
-        registry.register("pending_changes", "Policy changes not yet applied", m.pending.clone());
-        registry.register("sync_failures", "Syncs that failed", m.failures.clone());
-        registry.register("policy_applied", "1 when the current policy is in the kernel", m.policy_applied.clone());
-        registry.register("policy_errors", "Errors in the current policy", m.policy_errors.clone());
-        registry.register("rules", "Rules in svcnft's tables", m.rules.clone());
-        registry.register("chains", "Chains in svcnft's tables", m.chains.clone());
-        registry.register("set_elements", "Set and map elements in svcnft's tables", m.elements.clone());
-        registry.register(
+        let r = &mut m.registry;
+        r.register("sync_full_duration_seconds", "Full syncs: read-back and reconcile", m.full.clone());
+        r.register("sync_partial_duration_seconds", "Syncs of a policy change", m.partial.clone());
+        r.register("last_sync_timestamp_seconds", "When the rules last matched the policy", m.last_sync.clone());
+        r.register("pending_changes", "Policy changes not yet applied", m.pending.clone());
+        r.register("sync_failures", "Syncs that failed", m.failures.clone());
+        r.register("policy_applied", "1 when the current policy is in the kernel", m.policy_applied.clone());
+        r.register("policy_errors", "Errors in the current policy", m.policy_errors.clone());
+        r.register("rules", "Rules in svcnft's tables", m.rules.clone());
+        r.register("chains", "Chains in svcnft's tables", m.chains.clone());
+        r.register("set_elements", "Set and map elements in svcnft's tables", m.elements.clone());
+        r.register(
             "services_without_local_endpoints",
             "Services with a Local traffic policy and no local endpoint",
             m.no_local_endpoints.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// The Prometheus text exposition.
