@@ -11,6 +11,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use svcnft_compiler::synthetic::{policy_text, Shape};
+use svcnft_compiler::Ruleset;
 use svcnft_runtime::agent::{Metrics, PolicyWatcher, Status, Syncer};
 use svcnft_runtime::apply::Applier;
 use svcnft_runtime::testns::TestNs;
@@ -34,13 +35,23 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-/// The sync's share before the diff: read, check and compile the same file again.
-fn compile_time(path: &std::path::Path) -> Duration {
-    let started = Instant::now();
+/// Where a sync's time goes before the kernel: read, check, compile of `path`,
+/// and the diff from `previous`; returns the ruleset for the next diff.
+fn stages(path: &std::path::Path, previous: &Ruleset, into: &mut [Vec<Duration>; 4]) -> Ruleset {
+    let mut lap = Instant::now();
+    let mut took = |stage: usize| {
+        into[stage].push(lap.elapsed());
+        lap = Instant::now();
+    };
     let files = svcnft_runtime::sources::read_policy(&[path.to_path_buf()]).unwrap();
+    took(0);
     let checked = svcnft_compiler::check(&files).expect("valid");
-    svcnft_compiler::compile(&checked.policy, "node-0").unwrap();
-    started.elapsed()
+    took(1);
+    let (_, ruleset) = svcnft_compiler::compile(&checked.policy, "node-0").unwrap();
+    took(2);
+    svcnft_compiler::diff::diff(previous, &ruleset);
+    took(3);
+    ruleset
 }
 
 fn main() {
@@ -73,8 +84,9 @@ fn main() {
 
         let (tx, rx) = mpsc::channel();
         let _watcher = PolicyWatcher::start(std::slice::from_ref(&path), tx).expect("watch");
-        let (mut total, mut event, mut compile, mut commit, mut operations) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+        let (mut total, mut event, mut commit, mut operations) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut breakdown: [Vec<Duration>; 4] = Default::default();
+        let mut previous = stages(&path, &Ruleset::default(), &mut Default::default());
         for i in 0..samples {
             let started = Instant::now();
             std::fs::write(&path, &texts[i % 2]).unwrap();
@@ -84,16 +96,19 @@ fn main() {
             total.push(started.elapsed());
             commit.push(report.elapsed);
             operations = report.operations;
-            compile.push(compile_time(&path));
+            previous = stages(&path, &previous, &mut breakdown);
             // Events of this write still in flight must not time the next one.
             std::thread::sleep(Duration::from_millis(100));
             while rx.try_recv().is_ok() {}
         }
         println!("one endpoint changed: {operations} operations per sync, {samples} samples");
         report("write → watch event", event);
-        report("read + check + compile", compile);
-        report("diff + commit", commit);
+        report("diff + encode + commit", commit);
         report("write → commit (total)", total);
+        println!("breakdown, timed again outside the sync:");
+        for (name, samples) in ["read", "check", "compile (plan + lower)", "diff"].into_iter().zip(breakdown) {
+            report(name, samples);
+        }
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);

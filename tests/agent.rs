@@ -187,13 +187,13 @@ fn within(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
-/// A node running the agent on `endpoints`, or `None` where kernel tests cannot run.
-fn started(test: &str, endpoints: &str) -> Option<(Node, Agent)> {
+/// A node running the agent on `policy`, or `None` where kernel tests cannot run.
+fn started(test: &str, policy: &str) -> Option<(Node, Agent)> {
     if !kernel_tests_enabled() {
         return None;
     }
     let node = Node::new(test);
-    node.write_policy(&policy(endpoints));
+    node.write_policy(policy);
     let agent = node.start(&[]);
     Some((node, agent))
 }
@@ -208,7 +208,7 @@ fn status_of(node: &Node, address: &str, path: &str) -> Option<u16> {
 
 #[test]
 fn follows_edits_repairs_drift_and_leaves_rules_on_sigterm() {
-    let Some((node, mut agent)) = started("follow", "endpoint 10.244.1.5 node node-1") else { return };
+    let Some((node, mut agent)) = started("follow", &policy("endpoint 10.244.1.5 node node-1")) else { return };
     within(Duration::from_secs(5), || has(&node, "10.244.1.5")).unwrap_or_else(|| panic!("applied:\n{}", agent.log()));
     within(Duration::from_secs(2), || status_of(&node, HEALTHZ, "/healthz") == Some(200)).expect("healthy");
 
@@ -248,7 +248,8 @@ fn follows_edits_repairs_drift_and_leaves_rules_on_sigterm() {
 
 #[test]
 fn health_check_node_port_contract() {
-    let Some((node, agent)) = started("health", "endpoint 10.244.1.5 node node-1\nendpoint 10.244.2.5 node node-2")
+    let Some((node, agent)) =
+        started("health", &policy("endpoint 10.244.1.5 node node-1\nendpoint 10.244.2.5 node node-2"))
     else {
         return;
     };
@@ -283,7 +284,7 @@ fn health_check_node_port_contract() {
 
 #[test]
 fn proxy_endpoints_and_malformed_or_slow_requests() {
-    let Some((node, agent)) = started("servers", "endpoint 10.244.1.5 node node-1") else { return };
+    let Some((node, agent)) = started("servers", &policy("endpoint 10.244.1.5 node node-1")) else { return };
     within(Duration::from_secs(5), || status_of(&node, HEALTHZ, "/healthz") == Some(200))
         .unwrap_or_else(|| panic!("healthz:\n{}", agent.log()));
     let healthz = node.get(HEALTHZ, "/healthz").unwrap();
@@ -340,4 +341,55 @@ fn proxy_endpoints_and_malformed_or_slow_requests() {
         .unwrap();
     assert_eq!(closed, 200, "every slow connection is closed");
     assert_eq!(status_of(&node, HEALTHZ, "/healthz"), Some(200), "still serving");
+}
+
+#[test]
+fn an_invalid_policy_at_start_is_served_unhealthy_until_fixed() {
+    let Some((node, agent)) = started("invalid", &policy("endpoint nonsense")) else { return };
+    within(Duration::from_secs(5), || status_of(&node, HEALTHZ, "/healthz") == Some(503))
+        .unwrap_or_else(|| panic!("unhealthy:\n{}", agent.log()));
+    assert!(node.table().is_none(), "nothing reaches the kernel");
+    node.write_policy(&policy("endpoint 10.244.1.5 node node-1"));
+    within(Duration::from_secs(1), || has(&node, "10.244.1.5")).expect("the fixed policy is applied");
+    within(Duration::from_secs(1), || status_of(&node, HEALTHZ, "/healthz") == Some(200)).expect("healthy");
+}
+
+const UDP_POLICY: &str = "cluster { cluster-cidr 10.244.0.0/16 }
+node node-1 { address 10.240.0.3; pod-cidr 10.244.1.0/24 }
+node node-2 { address 10.240.0.4; pod-cidr 10.244.2.0/24 }
+service kube-system/dns {
+    cluster-ip 10.96.0.10
+    port dns 53/udp target 5353
+}
+endpoints kube-system/dns {
+ENDPOINTS
+}
+";
+
+#[test]
+fn removing_a_udp_endpoint_deletes_its_flows() {
+    let both = "endpoint 10.244.1.5 node node-1\nendpoint 10.244.2.5 node node-2";
+    let Some((node, agent)) = started("udp", &UDP_POLICY.replace("ENDPOINTS", both)) else { return };
+    for args in [["route", "add", "10.96.0.0/16", "dev", "n0"], ["route", "add", "10.244.0.0/16", "dev", "n0"]] {
+        assert!(node.ns.exec("ip", &args).unwrap().status.success());
+    }
+    within(Duration::from_secs(2), || has(&node, "10.96.0.10")).unwrap_or_else(|| panic!("{}", agent.log()));
+    let flows_to = |endpoint: &str| {
+        let out = node.ns.exec("cat", &["/proc/net/nf_conntrack"]).unwrap();
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        table.lines().filter(|l| l.contains("dst=10.96.0.10") && l.contains(&format!("src={endpoint} "))).count()
+    };
+    node.ns
+        .run(|| {
+            for _ in 0..32 {
+                std::net::UdpSocket::bind("0.0.0.0:0").unwrap().send_to(b"q", "10.96.0.10:53").unwrap();
+            }
+        })
+        .unwrap();
+    assert!(flows_to("10.244.1.5") > 0 && flows_to("10.244.2.5") > 0, "flows to both endpoints");
+
+    node.write_policy(&UDP_POLICY.replace("ENDPOINTS", "endpoint 10.244.1.5 node node-1"));
+    within(Duration::from_secs(1), || flows_to("10.244.2.5") == 0)
+        .unwrap_or_else(|| panic!("the removed endpoint's flows are deleted:\n{}", agent.log()));
+    assert!(flows_to("10.244.1.5") > 0, "the remaining endpoint's flows stay");
 }
