@@ -125,7 +125,7 @@ fn sync_loop(
 ) {
     // Failures are logged and reported by the syncer; the loop goes on.
     let _ = syncer.reload();
-    health.update(syncer.plan().map_or(&[], |p| &p.health_checks));
+    health.update(syncer.health_checks());
     let mut next_full = Instant::now() + period;
     loop {
         match rx.recv_timeout(DRIFT_POLL) {
@@ -139,7 +139,7 @@ fn sync_loop(
                 let Some(changes) = debounce(rx) else { return };
                 metrics.pending(changes as i64);
                 let _ = syncer.reload();
-                health.update(syncer.plan().map_or(&[], |p| &p.health_checks));
+                health.update(syncer.health_checks());
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -147,9 +147,9 @@ fn sync_loop(
         if Instant::now() >= next_full {
             next_full = Instant::now() + period;
             let _ = syncer.reconcile();
-            health.update(syncer.plan().map_or(&[], |p| &p.health_checks));
+            health.update(syncer.health_checks());
         } else if let Err(e) = syncer.repair() {
-            tracing::warn!(error = %e, "cannot check for drift");
+            tracing::warn!(error = %e, "drift check or repair failed");
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use svcnft_compiler::plan::HealthCheck;
 use svcnft_compiler::{NodePlan, PlanError, Ruleset};
 
 use super::conntrack::{remove_flows, stale_udp_endpoints};
@@ -57,6 +58,11 @@ impl Syncer {
     /// The plan of the last good policy.
     pub fn plan(&self) -> Option<&NodePlan> {
         self.good.as_ref().map(|c| &c.plan)
+    }
+
+    /// The health-check node ports of the last good policy.
+    pub fn health_checks(&self) -> &[HealthCheck] {
+        self.plan().map_or(&[], |p| &p.health_checks)
     }
 
     /// A change arrived and waits for the next reload.
