@@ -127,9 +127,13 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn terminate(&mut self) -> ExitStatus {
+    fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -233,6 +237,12 @@ fn follows_edits_repairs_drift_and_leaves_rules_on_sigterm() {
     node.ns.nft(&["delete", "table", "ip", "svcnft"], None).unwrap();
     let took = within(Duration::from_secs(1), || has(&node, "10.244.1.8"));
     assert!(took.is_some(), "a deleted table is restored within 1 s:\n{}", agent.log());
+
+    let syncs = agent.log().matches("synced").count();
+    agent.signal(libc::SIGHUP);
+    within(Duration::from_secs(2), || agent.log().matches("synced").count() > syncs)
+        .expect("SIGHUP rereads the policy");
+    assert!(agent.log().contains("SIGHUP"));
 
     assert!(agent.terminate().success());
     assert!(has(&node, "10.244.1.8"), "SIGTERM leaves the rules");

@@ -48,6 +48,7 @@ impl HealthServers {
     pub fn update(&mut self, checks: &[HealthCheck]) {
         let by_port: HashMap<u16, HealthCheck> = checks.iter().map(|c| (c.port.get(), c.clone())).collect();
         self.running.retain(|port, running| by_port.get(port).is_some_and(|c| c.addresses == running.addresses));
+        *self.checks.lock().unwrap_or_else(|p| p.into_inner()) = by_port;
         for check in checks {
             let port = check.port.get();
             if !self.running.contains_key(&port) {
@@ -57,7 +58,6 @@ impl HealthServers {
                 }
             }
         }
-        *self.checks.lock().unwrap_or_else(|p| p.into_inner()) = by_port;
     }
 
     /// Serves `check` on every address, or on none.

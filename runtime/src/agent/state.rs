@@ -38,11 +38,6 @@ impl Status {
         self.lock().pending_since.get_or_insert_with(Instant::now);
     }
 
-    /// Whether a change waits to be applied.
-    pub fn is_pending(&self) -> bool {
-        self.lock().pending_since.is_some()
-    }
-
     /// The policy is in the kernel.
     pub fn synced(&self) {
         let mut inner = self.lock();
