@@ -118,3 +118,43 @@ pub(crate) fn answer(check: &HealthCheck, proxy_healthy: bool) -> Response<Full<
     headers.insert("X-Load-Balancing-Endpoint-Weight", HeaderValue::from(check.local_endpoints));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use svcnft_compiler::policy::ServiceName;
+
+    fn reply(local_endpoints: usize, healthy: bool) -> (StatusCode, hyper::HeaderMap, serde_json::Value) {
+        let service = ServiceName { namespace: "shop".into(), name: "web".into() };
+        let check = HealthCheck { service, port: 32000.try_into().unwrap(), local_endpoints, addresses: vec![] };
+        let (parts, body) = answer(&check, healthy).into_parts();
+        let bytes = block_on(body.collect()).unwrap().to_bytes();
+        (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn ready_local_endpoints_decide_the_status_and_the_weight() {
+        let (status, headers, body) = reply(2, true);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["x-load-balancing-endpoint-weight"], "2");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "service": { "namespace": "shop", "name": "web" },
+                "localEndpoints": 2,
+                "serviceProxyHealthy": true,
+            })
+        );
+        let (status, headers, body) = reply(0, false);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["x-load-balancing-endpoint-weight"], "0");
+        assert_eq!(body["serviceProxyHealthy"], false);
+    }
+}
