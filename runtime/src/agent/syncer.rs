@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use svcnft_compiler::plan::HealthCheck;
-use svcnft_compiler::{NodePlan, PlanError, Ruleset};
+use svcnft_compiler::{NodePlan, PlanError, Ruleset, SourceFile};
 
 use super::conntrack::{remove_flows, stale_udp_endpoints};
 use super::metrics::{Metrics, SyncKind};
@@ -30,6 +30,7 @@ pub enum SyncError {
 
 /// The policy as last compiled successfully.
 struct Compiled {
+    sources: Vec<SourceFile>,
     plan: NodePlan,
     ruleset: Ruleset,
 }
@@ -40,6 +41,8 @@ pub struct Syncer {
     node: String,
     applier: Applier,
     good: Option<Compiled>,
+    /// The kernel holds `good` as far as we know (no failed apply since).
+    in_sync: bool,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
 }
@@ -52,7 +55,7 @@ impl Syncer {
         status: Arc<Status>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Syncer { paths, node, applier, good: None, status, metrics }
+        Syncer { paths, node, applier, good: None, in_sync: false, status, metrics }
     }
 
     /// The plan of the last good policy.
@@ -74,7 +77,13 @@ impl Syncer {
     /// invalid policy changes nothing in the kernel.
     pub fn reload(&mut self) -> Result<ApplyReport, SyncError> {
         let started = Instant::now();
-        let result = self.compile().and_then(|compiled| {
+        let result = read_policy(&self.paths).map_err(SyncError::from).and_then(|files| {
+            // The same text again (a touch, a second event of one save): the kernel
+            // already holds it, and checking 10k services costs far more than reading.
+            if self.in_sync && self.good.as_ref().is_some_and(|g| g.sources == files) {
+                return Ok(ApplyReport { operations: 0, messages: 0, retries: 0, elapsed: started.elapsed() });
+            }
+            let compiled = self.compile(files)?;
             let report = self.applier.apply(&compiled.ruleset)?;
             let previous = self.good.replace(compiled);
             if let (Some(old), Some(new)) = (previous, &self.good) {
@@ -112,8 +121,7 @@ impl Syncer {
         self.applier.cleanup()
     }
 
-    fn compile(&self) -> Result<Compiled, SyncError> {
-        let files = read_policy(&self.paths)?;
+    fn compile(&self, files: Vec<SourceFile>) -> Result<Compiled, SyncError> {
         let checked = svcnft_compiler::check(&files).map_err(|diagnostics| {
             tracing::error!("invalid policy; keeping the last good ruleset\n{}", diagnostics.render(&files));
             SyncError::Invalid { errors: diagnostics.errors() }
@@ -122,16 +130,21 @@ impl Syncer {
             tracing::warn!("policy warnings\n{}", checked.warnings.render(&files));
         }
         let (plan, ruleset) = svcnft_compiler::compile(&checked.policy, &self.node)?;
-        Ok(Compiled { plan, ruleset })
+        Ok(Compiled { sources: files, plan, ruleset })
     }
 
     fn record(
-        &self,
+        &mut self,
         kind: SyncKind,
         started: Instant,
         result: Result<ApplyReport, SyncError>,
     ) -> Result<ApplyReport, SyncError> {
         let elapsed = started.elapsed();
+        self.in_sync = match &result {
+            Ok(_) => true,
+            Err(SyncError::Apply(_)) => false,
+            Err(_) => self.in_sync,
+        };
         match (&result, &self.good) {
             (Ok(report), Some(good)) => {
                 self.metrics.synced(kind, elapsed, &good.plan, &good.ruleset);
