@@ -64,6 +64,28 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run the node agent: apply the policy, follow its changes, repair drift, and
+    /// serve proxy health, metrics and the health-check node ports.
+    Run {
+        /// Policy files, or directories whose *.svc files are read in name order.
+        #[arg(required = true, value_name = "POLICY")]
+        policy: Vec<PathBuf>,
+        /// The node this is.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// Where `/healthz` and `/livez` are served.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
+        healthz_bind_address: std::net::SocketAddr,
+        /// Where `/metrics`, `/proxyMode` and `/healthz` are served.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+        metrics_bind_address: std::net::SocketAddr,
+        /// Period of the full reconcile (e.g. 30s, 1m).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        sync_period: std::time::Duration,
+        /// Remove svcnft's tables on SIGTERM or SIGINT (by default they stay).
+        #[arg(long)]
+        cleanup_on_exit: bool,
+    },
     /// Remove svcnft's tables from this network namespace (and nothing else).
     Cleanup,
     /// Follow one new connection through a node's compiled rules: where it goes,
@@ -121,6 +143,16 @@ fn main() -> ExitCode {
         Command::Compile { policy, node, format } => compile(&policy, &node, format),
         Command::Diff { old, new, node } => diff(&old, &new, &node),
         Command::Apply { policy, node, dry_run } => apply(&policy, &node, dry_run),
+        Command::Run { policy, node, healthz_bind_address, metrics_bind_address, sync_period, cleanup_on_exit } => {
+            run(svcnft_runtime::agent::Config {
+                policy,
+                node,
+                healthz_bind_address,
+                metrics_bind_address,
+                sync_period,
+                cleanup_on_exit,
+            })
+        }
         Command::Cleanup => cleanup(),
         Command::Trace { policy, node, from, to, proto, returning_to, json } => {
             trace(&policy, &node, &from, &to, &proto, returning_to.as_deref(), json)
@@ -255,6 +287,21 @@ fn apply(paths: &[PathBuf], node: &str, dry_run: bool) -> u8 {
         }
         Err(e) => {
             eprintln!("svcnft: {e}");
+            exit::OTHER
+        }
+    }
+}
+
+fn run(config: svcnft_runtime::agent::Config) -> u8 {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    match svcnft_runtime::agent::run(config) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            tracing::error!(error = %e, "svcnft run failed");
             exit::OTHER
         }
     }

@@ -56,6 +56,35 @@ fn setsockopt(sock: &Socket, opt: libc::c_int, value: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `req` and feeds each reply to `seq` to `on`, until the dump ends or
+/// the request is acknowledged.
+pub(super) fn exchange(
+    sock: &Socket,
+    buf: &mut [u8],
+    req: &[u8],
+    seq: u32,
+    mut on: impl FnMut(&RawMsg) -> Result<(), Error>,
+) -> Result<(), Error> {
+    sock.send(req, 0)?;
+    loop {
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        for msg in messages(&buf[..n]) {
+            let msg = msg?;
+            if msg.seq != seq {
+                continue;
+            }
+            match msg.ty {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let (errno, _) = nlmsgerr(msg.payload)?;
+                    return if errno == 0 { Ok(()) } else { Err(kernel_error(errno)) };
+                }
+                _ => on(&msg)?,
+            }
+        }
+    }
+}
+
 fn kernel_error(errno: i32) -> Error {
     if errno == libc::EPERM {
         Error::PermissionDenied
@@ -98,7 +127,7 @@ impl Conn {
         family: u8,
         dump: bool,
         attrs: impl FnOnce(&mut Writer),
-        mut on: impl FnMut(&RawMsg) -> Result<(), Error>,
+        on: impl FnMut(&RawMsg) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let seq = self.next_seq();
         let mut req = Vec::new();
@@ -106,24 +135,7 @@ impl Conn {
         let start = begin_msg(&mut req, nft_type(m), flags, seq, family, 0);
         attrs(&mut Writer { buf: &mut req });
         end_msg(&mut req, start);
-        self.sock.send(&req, 0)?;
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            for msg in messages(&self.buf[..n]) {
-                let msg = msg?;
-                if msg.seq != seq {
-                    continue;
-                }
-                match msg.ty {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let (errno, _) = nlmsgerr(msg.payload)?;
-                        return if errno == 0 { Ok(()) } else { Err(kernel_error(errno)) };
-                    }
-                    _ => on(&msg)?,
-                }
-            }
-        }
+        exchange(&self.sock, &mut self.buf, &req, seq, on)
     }
 
     /// The ruleset generation: any committed change increments it.

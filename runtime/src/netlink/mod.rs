@@ -10,11 +10,13 @@ mod attr;
 mod batch;
 mod codec;
 mod conn;
+mod conntrack;
 mod expr;
 mod objects;
 
 pub use batch::Batch;
 pub use conn::{Conn, TableState};
+pub use conntrack::{Conntrack, Flow, Tuple};
 pub use expr::{
     fib_flags, nat_flags, CmpOp, CtKey, DynsetOp, Expr, FibResult, MetaKey, NatKind, PayloadBase, Reg, RejectKind,
 };

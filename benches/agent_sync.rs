@@ -1,0 +1,115 @@
+//! File change → kernel commit latency of the agent at 10k services: the policy
+//! file is rewritten with one endpoint changed, and the time is taken from the
+//! write to the end of the sync (watch event, read, check, compile, diff, one
+//! batch; then the rule handles of changed chains are read back), driving the agent's watcher and syncer in-process in a namespace.
+//! The agent's debounce is left out: it is a wait, not work.
+//!
+//! Needs root. Run: `cargo bench --bench agent_sync`
+//! (scale: `SVCNFT_SERVICES=10000`, samples: `SVCNFT_SAMPLES=30`).
+
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use svcnft_compiler::synthetic::{policy_text, Shape};
+use svcnft_compiler::Ruleset;
+use svcnft_runtime::agent::{Metrics, PolicyWatcher, Status, Syncer};
+use svcnft_runtime::apply::Applier;
+use svcnft_runtime::testns::TestNs;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name:<28} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().unwrap())
+    );
+}
+
+/// Where a sync's time goes before the kernel: read, check, compile of `path`,
+/// and the diff from `previous`; returns the ruleset for the next diff.
+fn stages(path: &std::path::Path, previous: &Ruleset, into: &mut [Vec<Duration>; 4]) -> Ruleset {
+    let mut lap = Instant::now();
+    let mut took = |stage: usize| {
+        into[stage].push(lap.elapsed());
+        lap = Instant::now();
+    };
+    let files = svcnft_runtime::sources::read_policy(&[path.to_path_buf()]).unwrap();
+    took(0);
+    let checked = svcnft_compiler::check(&files).expect("valid");
+    took(1);
+    let (_, ruleset) = svcnft_compiler::compile(&checked.policy, "node-0").unwrap();
+    took(2);
+    svcnft_compiler::diff::diff(previous, &ruleset);
+    took(3);
+    ruleset
+}
+
+fn main() {
+    let shape = Shape { services: env_usize("SVCNFT_SERVICES", Shape::LARGE.services), ..Shape::LARGE };
+    let samples = env_usize("SVCNFT_SAMPLES", 30);
+    let dir = std::env::temp_dir().join(format!("svcnft-bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cluster.svc");
+    let texts = [policy_text(shape, 1), policy_text(shape, 2)];
+    std::fs::write(&path, policy_text(shape, 0)).unwrap();
+
+    let ns = TestNs::new().expect("a network namespace (root)");
+    ns.run(|| {
+        let status = Arc::new(Status::new(Duration::from_secs(30)));
+        let mut syncer = Syncer::new(
+            vec![path.clone()],
+            "node-0".into(),
+            Applier::open().expect("nf_tables"),
+            status,
+            Arc::new(Metrics::new()),
+        );
+        let cold = Instant::now();
+        let first = syncer.reload().expect("cold sync");
+        println!(
+            "{} services: cold sync {} operations in {:.0} ms",
+            shape.services,
+            first.operations,
+            cold.elapsed().as_secs_f64() * 1e3
+        );
+
+        let (tx, rx) = mpsc::channel();
+        let _watcher = PolicyWatcher::start(std::slice::from_ref(&path), tx).expect("watch");
+        let (mut total, mut event, mut commit, mut operations) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut breakdown: [Vec<Duration>; 4] = Default::default();
+        let mut previous = stages(&path, &Ruleset::default(), &mut Default::default());
+        for i in 0..samples {
+            let started = Instant::now();
+            std::fs::write(&path, &texts[i % 2]).unwrap();
+            rx.recv_timeout(Duration::from_secs(5)).expect("a watch event");
+            event.push(started.elapsed());
+            let report = syncer.reload().expect("sync");
+            total.push(started.elapsed());
+            commit.push(report.elapsed);
+            operations = report.operations;
+            previous = stages(&path, &previous, &mut breakdown);
+            // Events of this write still in flight must not time the next one.
+            std::thread::sleep(Duration::from_millis(100));
+            while rx.try_recv().is_ok() {}
+        }
+        println!("one endpoint changed: {operations} operations per sync, {samples} samples");
+        report("write → watch event", event);
+        report("diff + encode + commit", commit);
+        report("write → commit (total)", total);
+        println!("breakdown, timed again outside the sync:");
+        for (name, samples) in ["read", "check", "compile (plan + lower)", "diff"].into_iter().zip(breakdown) {
+            report(name, samples);
+        }
+    })
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
