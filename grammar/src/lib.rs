@@ -5,6 +5,12 @@
 //! loosely ([`Word`]); the checker validates them, so a bad port or address gets a
 //! precise message rather than a generic "expected ..." error.
 
+// pest is used without its `std` feature, which would probe the native stack on
+// every rule call (a third of the parse time of a large policy); its derived
+// parser then names `alloc`. Recursion is bounded by the grammar, which nests
+// blocks one level deep.
+extern crate alloc;
+
 use pest::iterators::Pair;
 use pest::Parser as _;
 use pest_derive::Parser;
