@@ -4,13 +4,17 @@
 //!
 //! The order makes every reference resolve inside the batch:
 //! 1. add new tables;
-//! 2. remove rules that refer to something about to go (whole chains are flushed);
+//! 2. flush chains that go, and chains with rules that refer to a set or chain
+//!    about to be recreated under the same name;
 //! 3. delete stale elements (they may point at chains about to go);
-//! 4. delete chains, then sets, that are gone or must be recreated;
+//! 4. delete chains, then sets, that must be recreated;
 //! 5. add sets and chains that are new or recreated;
 //! 6. add elements (they may point at the new chains);
 //! 7. replace, delete and append rules of the chains that stay;
-//! 8. delete tables of families that are gone.
+//! 8. delete sets, then chains, that are gone for good: only now is nothing left
+//!    that refers to them, so a rule that named one is replaced in place rather
+//!    than its whole chain rebuilt (moving one endpoint renames its affinity set);
+//! 9. delete tables of families that are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -111,6 +115,7 @@ struct Phases {
     add_sets_and_chains: Vec<Op>,
     add_elements: Vec<Op>,
     change_rules: Vec<Op>,
+    delete_removed: Vec<Op>,
     delete_tables: Vec<Op>,
 }
 
@@ -138,6 +143,7 @@ pub fn diff(committed: &Ruleset, desired: &Ruleset) -> Transaction {
         add_sets_and_chains,
         add_elements,
         change_rules,
+        delete_removed,
         delete_tables,
     } = phases;
     let ops = [
@@ -149,6 +155,7 @@ pub fn diff(committed: &Ruleset, desired: &Ruleset) -> Transaction {
         add_sets_and_chains,
         add_elements,
         change_rules,
+        delete_removed,
         delete_tables,
     ]
     .into_iter()
@@ -173,16 +180,16 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     let old_chains: BTreeMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
     let new_chains: BTreeMap<&str, &Chain> = new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
 
-    // Objects that go away in this transaction (removed, or recreated because
-    // their declaration changed).
+    // Objects recreated under the same name because their declaration changed:
+    // the old one must be gone, and every rule naming it, before the new one comes.
     let gone_sets: BTreeSet<&str> = old_sets
         .iter()
-        .filter(|(name, set)| new_sets.get(*name).is_none_or(|n| declaration(n) != declaration(set)))
+        .filter(|(name, set)| new_sets.get(*name).is_some_and(|n| declaration(n) != declaration(set)))
         .map(|(name, _)| *name)
         .collect();
     let gone_chains: BTreeSet<&str> = old_chains
         .iter()
-        .filter(|(name, chain)| new_chains.get(*name).is_none_or(|n| n.hook != chain.hook))
+        .filter(|(name, chain)| new_chains.get(*name).is_some_and(|n| n.hook != chain.hook))
         .map(|(name, _)| *name)
         .collect();
     let refers_to_gone = |rule: &Rule| {
@@ -190,15 +197,22 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     };
 
     for (name, chain) in &old_chains {
+        let removed = !new_chains.contains_key(name);
+        if (removed || gone_chains.contains(name)) && !chain.rules.is_empty() {
+            phases.remove_rules.push(Op::FlushChain { family, chain: name.to_string() });
+        }
         if gone_chains.contains(name) {
-            if !chain.rules.is_empty() {
-                phases.remove_rules.push(Op::FlushChain { family, chain: name.to_string() });
-            }
             phases.delete_chains.push(Op::DeleteChain { family, chain: name.to_string() });
         }
     }
     for name in &gone_sets {
         phases.delete_sets.push(Op::DeleteSet { family, set: name.to_string() });
+    }
+    for name in old_sets.keys().filter(|name| !new_sets.contains_key(*name)) {
+        phases.delete_removed.push(Op::DeleteSet { family, set: name.to_string() });
+    }
+    for name in old_chains.keys().filter(|name| !new_chains.contains_key(*name)) {
+        phases.delete_removed.push(Op::DeleteChain { family, chain: name.to_string() });
     }
 
     for set in &new.sets {

@@ -241,6 +241,8 @@ impl Applier {
                 _ => {}
             }
         }
+        // A chain flushed on its way out has no handles left to learn.
+        changed.retain(|(family, chain)| desired.table(*family).is_some_and(|t| t.chain(chain).is_some()));
         if changed.len() > CHAINS_READ_ONE_BY_ONE {
             return self.reread();
         }
