@@ -1,8 +1,8 @@
 //! The runtime against the kernel, at 100, 1k and 10k services (10 endpoints each,
 //! 50 nodes), each size in a fresh network namespace:
-//! - one endpoint changed: netlink messages, and the time of diff + encode + send +
-//!   commit (`ApplyReport::elapsed`) and of the whole `apply` (with the refresh of
-//!   rule handles), which must not grow with the policy;
+//! - one endpoint changed: netlink messages, and the time of the diff alone, of
+//!   diff + encode + send + commit (`ApplyReport::elapsed`) and of the whole `apply`
+//!   (with the refresh of rule handles), which must not grow with the policy;
 //! - read-back of our tables (`Applier::reread`: list and decode).
 //!
 //! Needs root, `ip` and `nft`. Run: `cargo bench --bench apply`
@@ -43,20 +43,25 @@ fn main() {
     let rounds: u32 = std::env::var("SVCNFT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
     println!("one endpoint changed ({rounds} changes, median) and read-back, 10 endpoints per service, 50 nodes");
     println!(
-        "{:>9} {:>9} {:>11} {:>16} {:>12} {:>13}",
-        "services", "messages", "operations", "diff+commit ms", "apply ms", "read-back ms"
+        "{:>9} {:>9} {:>11} {:>8} {:>16} {:>9} {:>13}",
+        "services", "messages", "operations", "diff ms", "diff+commit ms", "apply ms", "read-back ms"
     );
     for services in sizes {
         let shape = Shape { services, ..Shape::LARGE };
-        // Revision 0 first, then revisions that each move the one endpoint again.
-        let revisions: Vec<Ruleset> = (0..=rounds).map(|r| compile(&policy_text(shape, r))).collect();
         let ns = TestNs::new().expect("a namespace");
         let mut applier = ns.run(Applier::open).expect("enter the namespace").expect("open nf_tables");
-        applier.apply(&revisions[0]).expect("cold apply");
-        let (mut commit, mut whole, mut messages, mut operations) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for desired in &revisions[1..] {
+        applier.apply(&compile(&policy_text(shape, 0))).expect("cold apply");
+        let (mut diff, mut commit, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut messages, mut operations) = (Vec::new(), Vec::new());
+        let mut desired = Ruleset::default();
+        // Each revision moves the one endpoint again.
+        for revision in 1..=rounds {
+            desired = compile(&policy_text(shape, revision));
             let start = Instant::now();
-            let report = applier.apply(desired).expect("the kernel takes the change");
+            std::hint::black_box(applier.plan(&desired));
+            diff.push(start.elapsed());
+            let start = Instant::now();
+            let report = applier.apply(&desired).expect("the kernel takes the change");
             whole.push(start.elapsed());
             commit.push(report.elapsed);
             messages.push(report.messages);
@@ -68,13 +73,14 @@ fn main() {
             applier.reread().expect("read-back");
             reads.push(start.elapsed());
         }
-        assert!(applier.plan(revisions.last().unwrap()).is_empty(), "read-back equals the last revision");
+        assert!(applier.plan(&desired).is_empty(), "read-back equals the last revision");
         messages.sort();
         operations.sort();
         println!(
-            "{services:>9} {:>9} {:>11} {:>16.2} {:>12.2} {:>13.1}",
+            "{services:>9} {:>9} {:>11} {:>8.2} {:>16.2} {:>9.2} {:>13.1}",
             messages[messages.len() / 2],
             operations[operations.len() / 2],
+            ms(median(diff)),
             ms(median(commit)),
             ms(median(whole)),
             ms(median(reads)),

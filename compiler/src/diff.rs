@@ -173,6 +173,13 @@ fn declaration(set: &Set) -> Set {
     Set { elements: Vec::new(), ..set.clone() }
 }
 
+/// Whether two sets are declared alike (without copying their elements).
+fn same_declaration(a: &Set, b: &Set) -> bool {
+    let Set { name, key, verdict_map, dynamic_timeout, comment, elements: _ } = a;
+    (name, key, verdict_map, dynamic_timeout, comment)
+        == (&b.name, &b.key, &b.verdict_map, &b.dynamic_timeout, &b.comment)
+}
+
 fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     let family = new.family;
     let old_sets: BTreeMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -184,7 +191,7 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     // the old one must be gone, and every rule naming it, before the new one comes.
     let gone_sets: BTreeSet<&str> = old_sets
         .iter()
-        .filter(|(name, set)| new_sets.get(*name).is_some_and(|n| declaration(n) != declaration(set)))
+        .filter(|(name, set)| new_sets.get(*name).is_some_and(|n| !same_declaration(n, set)))
         .map(|(name, _)| *name)
         .collect();
     let gone_chains: BTreeSet<&str> = old_chains
@@ -223,13 +230,14 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
         if set.dynamic_timeout.is_some() {
             continue;
         }
-        let before: BTreeSet<&Element> = match old_sets.get(set.name.as_str()) {
-            Some(old) if !recreated => old.elements.iter().collect(),
-            _ => BTreeSet::new(),
-        };
-        let after: BTreeSet<&Element> = set.elements.iter().collect();
+        let old_elements = old_sets.get(set.name.as_str()).filter(|_| !recreated).map(|old| &old.elements);
         // An element pointing at a recreated chain must be re-added to point at it.
         let dangling = |e: &Element| matches!(&e.verdict, Some(Verdict::Jump(c) | Verdict::Goto(c)) if gone_chains.contains(c.as_str()));
+        if old_elements == Some(&set.elements) && (gone_chains.is_empty() || !set.elements.iter().any(dangling)) {
+            continue;
+        }
+        let before: BTreeSet<&Element> = old_elements.into_iter().flatten().collect();
+        let after: BTreeSet<&Element> = set.elements.iter().collect();
         let stale: Vec<Element> =
             before.iter().filter(|e| !after.contains(*e) || dangling(e)).map(|e| (*e).clone()).collect();
         let fresh: Vec<Element> =
