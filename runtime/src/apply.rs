@@ -96,7 +96,7 @@ impl Applier {
     pub fn reread(&mut self) -> Result<(), ApplyError> {
         let mut committed = Committed::default();
         for family in Family::ALL {
-            if let Some(state) = self.conn.read_table(nl_family(family), TABLE_NAME)? {
+            if let Some(state) = self.conn.read_table_config(nl_family(family), TABLE_NAME)? {
                 committed.generation = committed.generation.max(state.generation);
                 let decoded = kernel::decode_table(family, &state);
                 for (chain, handles) in decoded.handles {
