@@ -230,14 +230,17 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
         if set.dynamic_timeout.is_some() {
             continue;
         }
-        let old_elements = old_sets.get(set.name.as_str()).filter(|_| !recreated).map(|old| &old.elements);
+        let old_elements: &[Element] =
+            old_sets.get(set.name.as_str()).filter(|_| !recreated).map_or(&[], |old| &old.elements);
         // An element pointing at a recreated chain must be re-added to point at it.
         let dangling = |e: &Element| matches!(&e.verdict, Some(Verdict::Jump(c) | Verdict::Goto(c)) if gone_chains.contains(c.as_str()));
-        if old_elements == Some(&set.elements) && (gone_chains.is_empty() || !set.elements.iter().any(dangling)) {
-            continue;
-        }
-        let before: BTreeSet<&Element> = old_elements.into_iter().flatten().collect();
-        let after: BTreeSet<&Element> = set.elements.iter().collect();
+        let (was, is) = if gone_chains.is_empty() {
+            differing(old_elements, &set.elements)
+        } else {
+            (old_elements, &set.elements[..])
+        };
+        let before: BTreeSet<&Element> = was.iter().collect();
+        let after: BTreeSet<&Element> = is.iter().collect();
         let stale: Vec<Element> =
             before.iter().filter(|e| !after.contains(*e) || dangling(e)).map(|e| (*e).clone()).collect();
         let fresh: Vec<Element> =
@@ -279,6 +282,16 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
             phases.change_rules.push(Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
         }
     }
+}
+
+/// The parts of two element lists between their common head and tail: only there
+/// can they differ, since an element is in a set once. A set may hold every
+/// endpoint of the cluster; moving one leaves a middle of one element each.
+fn differing<'a>(old: &'a [Element], new: &'a [Element]) -> (&'a [Element], &'a [Element]) {
+    let head = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let (old, new) = (&old[head..], &new[head..]);
+    let tail = old.iter().rev().zip(new.iter().rev()).take_while(|(a, b)| a == b).count();
+    (&old[..old.len() - tail], &new[..new.len() - tail])
 }
 
 fn append_all(family: Family, chain: &Chain, ops: &mut Vec<Op>) {
