@@ -5,7 +5,9 @@
 //! cluster. Each load gets its own fresh namespace.
 //!
 //! Needs root, `ip` and `nft`. Run: `cargo bench --bench kernel_load`
-//! (scale: `SVCNFT_SERVICES=10000 SVCNFT_ENDPOINTS=10`; `SVCNFT_SKIP_KUBE_PROXY=1`
+//! (scale: `SVCNFT_SERVICES=10000 SVCNFT_ENDPOINTS=10`; `SVCNFT_AFFINITY_EVERY=0`
+//! drops session affinity, whose per-endpoint sets the kernel creates and looks
+//! up by name in time growing with the number of sets; `SVCNFT_SKIP_KUBE_PROXY=1`
 //! skips the slow shape).
 
 use std::fmt::Write as _;
@@ -69,9 +71,13 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
             if !(chain.name.starts_with("cluster-") || chain.name.starts_with("local-")) {
                 continue;
             }
+            let is_dnat = |r: &Rule| r.statements.iter().any(|s| matches!(s, Statement::Dnat { .. }));
+            // Not a service chain (e.g. `cluster-ips-check`).
+            if !chain.rules.iter().any(is_dnat) {
+                continue;
+            }
             let rules = std::mem::take(&mut chain.rules);
-            let (dnat, masquerade): (Vec<Rule>, Vec<Rule>) =
-                rules.into_iter().partition(|r| r.statements.iter().any(|s| matches!(s, Statement::Dnat { .. })));
+            let (dnat, masquerade): (Vec<Rule>, Vec<Rule>) = rules.into_iter().partition(is_dnat);
             chain.rules = masquerade;
             let mut arms = Vec::new();
             for rule in dnat.iter().filter(|r| !r.matches.iter().any(|m| matches!(m, Match::InSet { .. }))) {
@@ -113,6 +119,7 @@ fn main() {
         services: env_usize("SVCNFT_SERVICES", 10_000),
         endpoints_per_service: env_usize("SVCNFT_ENDPOINTS", 10),
         nodes: 50,
+        affinity_every: env_usize("SVCNFT_AFFINITY_EVERY", 7),
     };
     let text = policy_text(shape, 0);
     let ruleset = compile(&text);
@@ -120,8 +127,9 @@ fn main() {
     let ours = dir.join(format!("svcnft-bench-{}-ours.nft", std::process::id()));
     std::fs::write(&ours, render(&ruleset)).unwrap();
     println!(
-        "cold load of one node's ruleset, {} services x {} endpoints, 50 nodes, each into a fresh namespace",
-        shape.services, shape.endpoints_per_service
+        "cold load of one node's ruleset, {} services x {} endpoints, 50 nodes, affinity every {} \
+         (0: none), each into a fresh namespace",
+        shape.services, shape.endpoints_per_service, shape.affinity_every
     );
     let (total, apply) = netlink_apply(&text);
     println!(
