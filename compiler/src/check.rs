@@ -76,6 +76,9 @@ struct Checker {
     /// Node ports and health-check node ports in use, per protocol, and their service.
     node_ports: HashMap<(Protocol, u16), ServiceName>,
     cluster_ips: HashMap<IpAddr, ServiceName>,
+    /// Where each declared service is in `out.services`: looking names up by
+    /// scanning made checking 10k services take seconds.
+    service_index: HashMap<ServiceName, usize>,
     /// Services with an `endpoints` block already.
     with_endpoints: HashSet<usize>,
     /// Per service (by index): the spans of target ports given as names.
@@ -258,7 +261,7 @@ impl Checker {
         let name = valid
             .clone()
             .unwrap_or_else(|| ServiceName { namespace: q.namespace.text.clone(), name: q.name.text.clone() });
-        let duplicate = valid.is_some() && self.out.services.iter().any(|s| s.name == name);
+        let duplicate = valid.is_some() && self.service_index.contains_key(&name);
         if duplicate {
             self.error(q.span, format!("service `{name}` is already declared"));
         }
@@ -314,6 +317,7 @@ impl Checker {
                 .filter_map(|(i, p)| p.target_name.map(|span| (i, Origin { file: self.file, span })))
                 .collect();
             self.named_targets.push(targets);
+            self.service_index.insert(service.name.clone(), self.out.services.len());
             self.out.services.push(service);
         }
     }
@@ -543,7 +547,7 @@ impl Checker {
 
     fn endpoints(&mut self, q: &QualifiedName, body: &[Stmt<EndpointsStmt>]) {
         let name = self.service_name(q);
-        let index = name.as_ref().and_then(|n| self.out.services.iter().position(|s| &s.name == n));
+        let index = name.as_ref().and_then(|n| self.service_index.get(n).copied());
         match (&name, index) {
             (Some(n), None) => self.error(q.span, format!("no service `{n}` is declared for these endpoints")),
             (Some(n), Some(i)) if !self.with_endpoints.insert(i) => {
