@@ -297,7 +297,7 @@ impl Conn {
         let chains = self.dump_table(Msg::GetChain, fam, name, decode_chain)?;
         // Chain by chain: the kernel resumes a rule dump by walking every rule
         // before the point it stopped at, once per 32 KiB reply, so one dump of a
-        // whole table grows with the square of its rules (2.4 s at 10k services).
+        // whole table grows with the square of its rules (217 ms at 3k services).
         let mut rules = Vec::new();
         for chain in &chains {
             rules.extend(self.read_rules(family, name, &chain.name)?);
