@@ -1,6 +1,7 @@
 //! Interpretation of one packet over a node's compiled ruleset, at 10 and 10k
 //! services: the tracer follows verdict maps, so its cost should not grow with the
-//! number of services (the ruleset is compiled once, outside the measurement).
+//! number of services. The ruleset is compiled and prepared (`Tracer::new`) once,
+//! outside the measurement; `tracer-prepare` measures that step.
 //!
 //! Run: `cargo bench --bench trace`
 
@@ -10,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use svcnft_compiler::diagnostics::SourceFile;
 use svcnft_compiler::policy::Protocol;
 use svcnft_compiler::synthetic::{policy_text, Shape};
-use svcnft_compiler::trace::{trace, Packet, TraceOptions, TraceVerdict};
+use svcnft_compiler::trace::{trace, Packet, TraceOptions, TraceVerdict, Tracer};
 
 fn packets() -> [(&'static str, Packet); 3] {
     let to = |a: [u8; 4], port| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), port);
@@ -33,12 +34,14 @@ fn tracer(c: &mut Criterion) {
         let checked = svcnft_compiler::check::check(&files).expect("the synthetic policy is valid");
         let (plan, ruleset) = svcnft_compiler::compile(&checked.policy, "node-0").expect("node-0 exists");
         let options = TraceOptions::default();
+        group.bench_function(BenchmarkId::new("tracer-prepare", services), |b| b.iter(|| Tracer::new(&ruleset)));
+        let tracer = Tracer::new(&ruleset);
         for (name, packet) in packets() {
             let verdict = trace(&ruleset, &plan.node, &packet, &options).verdict;
             let expected = if name == "unknown-port" { TraceVerdict::Reject } else { TraceVerdict::Dnat };
             assert_eq!(verdict, expected, "{name}");
             group.bench_with_input(BenchmarkId::new(name, services), &packet, |b, packet| {
-                b.iter(|| trace(&ruleset, &plan.node, packet, &options))
+                b.iter(|| tracer.trace(&plan.node, packet, &options))
             });
         }
     }
