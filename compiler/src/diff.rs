@@ -16,7 +16,7 @@
 //!    than its whole chain rebuilt (moving one endpoint renames its affinity set);
 //! 9. delete tables of families that are gone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -182,30 +182,36 @@ fn same_declaration(a: &Set, b: &Set) -> bool {
 
 fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     let family = new.family;
-    let old_sets: BTreeMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
-    let new_sets: BTreeMap<&str, &Set> = new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
-    let old_chains: BTreeMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
-    let new_chains: BTreeMap<&str, &Chain> = new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    // Hashed for lookups; ops that follow names come out in name order below.
+    let old_sets: HashMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_sets: HashMap<&str, &Set> = new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let old_chains: HashMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let new_chains: HashMap<&str, &Chain> = new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
 
     // Objects recreated under the same name because their declaration changed:
     // the old one must be gone, and every rule naming it, before the new one comes.
-    let gone_sets: BTreeSet<&str> = old_sets
+    let gone_sets: BTreeSet<&str> = old
+        .sets
         .iter()
-        .filter(|(name, set)| new_sets.get(*name).is_some_and(|n| !same_declaration(n, set)))
-        .map(|(name, _)| *name)
+        .filter(|set| new_sets.get(set.name.as_str()).is_some_and(|n| !same_declaration(n, set)))
+        .map(|set| set.name.as_str())
         .collect();
-    let gone_chains: BTreeSet<&str> = old_chains
+    let gone_chains: BTreeSet<&str> = old
+        .chains
         .iter()
-        .filter(|(name, chain)| new_chains.get(*name).is_some_and(|n| n.hook != chain.hook))
-        .map(|(name, _)| *name)
+        .filter(|chain| new_chains.get(chain.name.as_str()).is_some_and(|n| n.hook != chain.hook))
+        .map(|chain| chain.name.as_str())
         .collect();
+    let removed_sets: BTreeSet<&str> =
+        old.sets.iter().map(|s| s.name.as_str()).filter(|name| !new_sets.contains_key(name)).collect();
+    let removed_chains: BTreeSet<&str> =
+        old.chains.iter().map(|c| c.name.as_str()).filter(|name| !new_chains.contains_key(name)).collect();
     let refers_to_gone = |rule: &Rule| {
         rule_sets(rule).any(|s| gone_sets.contains(s)) || rule_chains(rule).any(|c| gone_chains.contains(c))
     };
 
-    for (name, chain) in &old_chains {
-        let removed = !new_chains.contains_key(name);
-        if (removed || gone_chains.contains(name)) && !chain.rules.is_empty() {
+    for name in gone_chains.union(&removed_chains) {
+        if !old_chains[name].rules.is_empty() {
             phases.remove_rules.push(Op::FlushChain { family, chain: name.to_string() });
         }
         if gone_chains.contains(name) {
@@ -215,10 +221,10 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     for name in &gone_sets {
         phases.delete_sets.push(Op::DeleteSet { family, set: name.to_string() });
     }
-    for name in old_sets.keys().filter(|name| !new_sets.contains_key(*name)) {
+    for name in &removed_sets {
         phases.delete_removed.push(Op::DeleteSet { family, set: name.to_string() });
     }
-    for name in old_chains.keys().filter(|name| !new_chains.contains_key(*name)) {
+    for name in &removed_chains {
         phases.delete_removed.push(Op::DeleteChain { family, chain: name.to_string() });
     }
 
