@@ -1,48 +1,56 @@
-//! Cold load of one node's ruleset into a fresh network namespace, by ruleset shape,
-//! side by side in one run: svcnft's shape and kube-proxy's shape (a chain per
+//! Cold load of one node's ruleset into a fresh network namespace, side by side in
+//! one run: svcnft's Applier end to end (compile + encode + one netlink commit),
+//! `nft -f` of our own rendering, and `nft -f` of kube-proxy's shape (a chain per
 //! service with an anonymous `numgen … vmap`, a chain per endpoint) of the same
-//! cluster, both loaded with `nft -f`.
+//! cluster. Each load gets its own fresh namespace.
 //!
-//! Needs root and `nft`. Run: `cargo bench --bench kernel_load`
-//! (scale: `SVCNFT_SERVICES=10000 SVCNFT_ENDPOINTS=10`; `SVCNFT_SKIP_KUBE_PROXY=1`
+//! Needs root, `ip` and `nft`. Run: `cargo bench --bench kernel_load`
+//! (scale: `SVCNFT_SERVICES=10000 SVCNFT_ENDPOINTS=10`; `SVCNFT_AFFINITY_EVERY=0`
+//! drops session affinity, whose per-endpoint sets the kernel creates and looks
+//! up by name in time growing with the number of sets; `SVCNFT_SKIP_KUBE_PROXY=1`
 //! skips the slow shape).
 
 use std::fmt::Write as _;
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use svcnft_compiler::diagnostics::SourceFile;
 use svcnft_compiler::render::{family_keyword, render};
 use svcnft_compiler::ruleset::{Match, Rule, Ruleset, Statement};
 use svcnft_compiler::synthetic::{policy_text, Shape};
+use svcnft_runtime::apply::Applier;
+use svcnft_runtime::testns::TestNs;
 
-/// A network namespace that exists for the life of the value.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("svcnft-bench-{}-{tag}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        Netns(name)
-    }
-
-    /// Loads a ruleset file with `nft -f` and returns the wall time.
-    fn nft_load(&self, path: &str) -> Duration {
-        let start = Instant::now();
-        run(Command::new("ip").args(["netns", "exec", &self.0, "nft", "-f", path]));
-        start.elapsed()
-    }
+/// Loads a ruleset file with `nft -f` into a fresh namespace and returns the wall time.
+fn nft_load(path: &Path) -> Duration {
+    let ns = TestNs::new().expect("a namespace");
+    let start = Instant::now();
+    ns.nft(&["-f", path.to_str().expect("UTF-8 path")], None).expect("nft -f loads it");
+    start.elapsed()
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// Compiles `text` for node-0 and applies it over netlink to a fresh namespace:
+/// the wall time of the whole, and of the Applier's open + apply alone.
+fn netlink_apply(text: &str) -> (Duration, Duration) {
+    let ns = TestNs::new().expect("a namespace");
+    let start = Instant::now();
+    let ruleset = compile(text);
+    let compiled = start.elapsed();
+    let report = ns
+        .run(|| Applier::open().and_then(|mut applier| applier.apply(&ruleset)))
+        .expect("enter the namespace")
+        .expect("the kernel takes it");
+    assert!(report.operations > 0 && report.retries == 0);
+    let total = start.elapsed();
+    drop(ns);
+    drop(ruleset);
+    (total, total - compiled)
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("the command runs");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+fn compile(text: &str) -> Ruleset {
+    let files = [SourceFile { name: "synthetic.svc".into(), text: text.into() }];
+    let checked = svcnft_compiler::check::check(&files).expect("the synthetic policy is valid");
+    svcnft_compiler::compile(&checked.policy, "node-0").expect("node-0 exists").1
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -63,9 +71,13 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
             if !(chain.name.starts_with("cluster-") || chain.name.starts_with("local-")) {
                 continue;
             }
+            let is_dnat = |r: &Rule| r.statements.iter().any(|s| matches!(s, Statement::Dnat { .. }));
+            // Not a service chain (e.g. `cluster-ips-check`).
+            if !chain.rules.iter().any(is_dnat) {
+                continue;
+            }
             let rules = std::mem::take(&mut chain.rules);
-            let (dnat, masquerade): (Vec<Rule>, Vec<Rule>) =
-                rules.into_iter().partition(|r| r.statements.iter().any(|s| matches!(s, Statement::Dnat { .. })));
+            let (dnat, masquerade): (Vec<Rule>, Vec<Rule>) = rules.into_iter().partition(is_dnat);
             chain.rules = masquerade;
             let mut arms = Vec::new();
             for rule in dnat.iter().filter(|r| !r.matches.iter().any(|m| matches!(m, Match::InSet { .. }))) {
@@ -107,28 +119,29 @@ fn main() {
         services: env_usize("SVCNFT_SERVICES", 10_000),
         endpoints_per_service: env_usize("SVCNFT_ENDPOINTS", 10),
         nodes: 50,
+        affinity_every: env_usize("SVCNFT_AFFINITY_EVERY", 7),
     };
     let text = policy_text(shape, 0);
-    let files = [SourceFile { name: "synthetic.svc".into(), text }];
-    let checked = svcnft_compiler::check::check(&files).expect("the synthetic policy is valid");
-    let (_, ruleset) = svcnft_compiler::compile(&checked.policy, "node-0").expect("node-0 exists");
+    let ruleset = compile(&text);
     let dir = std::env::temp_dir();
     let ours = dir.join(format!("svcnft-bench-{}-ours.nft", std::process::id()));
     std::fs::write(&ours, render(&ruleset)).unwrap();
     println!(
-        "cold load of one node's ruleset, {} services x {} endpoints, 50 nodes (nft -f into a fresh namespace)",
-        shape.services, shape.endpoints_per_service
+        "cold load of one node's ruleset, {} services x {} endpoints, 50 nodes, affinity every {} \
+         (0: none), each into a fresh namespace",
+        shape.services, shape.endpoints_per_service, shape.affinity_every
     );
-    let ns = Netns::new("ours");
-    let t = ns.nft_load(ours.to_str().unwrap());
-    println!("  svcnft shape:     {:>8.2} s", t.as_secs_f64());
-    drop(ns);
+    let (total, apply) = netlink_apply(&text);
+    println!(
+        "  svcnft apply (netlink, compile included): {:>8.2} s  (of which open + apply {:.2} s)",
+        total.as_secs_f64(),
+        apply.as_secs_f64()
+    );
+    println!("  svcnft shape, nft -f:                      {:>8.2} s", nft_load(&ours).as_secs_f64());
     if std::env::var_os("SVCNFT_SKIP_KUBE_PROXY").is_none() {
         let theirs = dir.join(format!("svcnft-bench-{}-kube-proxy.nft", std::process::id()));
         std::fs::write(&theirs, kube_proxy_shape(&ruleset)).unwrap();
-        let ns = Netns::new("kp");
-        let t = ns.nft_load(theirs.to_str().unwrap());
-        println!("  kube-proxy shape: {:>8.2} s", t.as_secs_f64());
+        println!("  kube-proxy shape, nft -f:                  {:>8.2} s", nft_load(&theirs).as_secs_f64());
         let _ = std::fs::remove_file(theirs);
     }
     let _ = std::fs::remove_file(ours);

@@ -4,15 +4,19 @@
 //!
 //! The order makes every reference resolve inside the batch:
 //! 1. add new tables;
-//! 2. remove rules that refer to something about to go (whole chains are flushed);
+//! 2. flush chains that go, and chains with rules that refer to a set or chain
+//!    about to be recreated under the same name;
 //! 3. delete stale elements (they may point at chains about to go);
-//! 4. delete chains, then sets, that are gone or must be recreated;
+//! 4. delete chains, then sets, that must be recreated;
 //! 5. add sets and chains that are new or recreated;
 //! 6. add elements (they may point at the new chains);
 //! 7. replace, delete and append rules of the chains that stay;
-//! 8. delete tables of families that are gone.
+//! 8. delete sets, then chains, that are gone for good: only now is nothing left
+//!    that refers to them, so a rule that named one is replaced in place rather
+//!    than its whole chain rebuilt (moving one endpoint renames its affinity set);
+//! 9. delete tables of families that are gone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -101,27 +105,18 @@ impl Transaction {
 }
 
 /// The phases of `diff`, in commit order (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    AddTables,
-    RemoveRules,
-    DeleteElements,
-    DeleteChains,
-    DeleteSets,
-    AddSetsAndChains,
-    AddElements,
-    ChangeRules,
-    DeleteTables,
-}
-
-/// Operations tagged with their phase; sorted stably by phase at the end.
 #[derive(Default)]
-struct Phases(Vec<(Phase, Op)>);
-
-impl Phases {
-    fn push(&mut self, phase: Phase, op: Op) {
-        self.0.push((phase, op));
-    }
+struct Phases {
+    add_tables: Vec<Op>,
+    remove_rules: Vec<Op>,
+    delete_elements: Vec<Op>,
+    delete_chains: Vec<Op>,
+    delete_sets: Vec<Op>,
+    add_sets_and_chains: Vec<Op>,
+    add_elements: Vec<Op>,
+    change_rules: Vec<Op>,
+    delete_removed: Vec<Op>,
+    delete_tables: Vec<Op>,
 }
 
 /// Computes the transaction that turns `committed` into `desired`. Elements of
@@ -131,16 +126,41 @@ pub fn diff(committed: &Ruleset, desired: &Ruleset) -> Transaction {
     for family in Family::ALL {
         match (committed.table(family), desired.table(family)) {
             (None, None) => {}
-            (Some(_), None) => phases.push(Phase::DeleteTables, Op::DeleteTable { family }),
+            (Some(_), None) => phases.delete_tables.push(Op::DeleteTable { family }),
             (None, Some(new)) => {
-                phases.push(Phase::AddTables, Op::AddTable { family });
+                phases.add_tables.push(Op::AddTable { family });
                 diff_table(&empty_table(new), new, &mut phases);
             }
             (Some(old), Some(new)) => diff_table(old, new, &mut phases),
         }
     }
-    phases.0.sort_by_key(|(phase, _)| *phase);
-    let ops = phases.0.into_iter().map(|(_, op)| op).collect();
+    let Phases {
+        add_tables,
+        remove_rules,
+        delete_elements,
+        delete_chains,
+        delete_sets,
+        add_sets_and_chains,
+        add_elements,
+        change_rules,
+        delete_removed,
+        delete_tables,
+    } = phases;
+    let ops = [
+        add_tables,
+        remove_rules,
+        delete_elements,
+        delete_chains,
+        delete_sets,
+        add_sets_and_chains,
+        add_elements,
+        change_rules,
+        delete_removed,
+        delete_tables,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     Transaction { ops }
 }
 
@@ -153,65 +173,89 @@ fn declaration(set: &Set) -> Set {
     Set { elements: Vec::new(), ..set.clone() }
 }
 
+/// Whether two sets are declared alike (without copying their elements).
+fn same_declaration(a: &Set, b: &Set) -> bool {
+    let Set { name, key, verdict_map, dynamic_timeout, comment, elements: _ } = a;
+    (name, key, verdict_map, dynamic_timeout, comment)
+        == (&b.name, &b.key, &b.verdict_map, &b.dynamic_timeout, &b.comment)
+}
+
 fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     let family = new.family;
-    let old_sets: BTreeMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
-    let new_sets: BTreeMap<&str, &Set> = new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
-    let old_chains: BTreeMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
-    let new_chains: BTreeMap<&str, &Chain> = new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    // Hashed for lookups; ops that follow names come out in name order below.
+    let old_sets: HashMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_sets: HashMap<&str, &Set> = new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let old_chains: HashMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let new_chains: HashMap<&str, &Chain> = new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
 
-    // Objects that go away in this transaction (removed, or recreated because
-    // their declaration changed).
-    let gone_sets: BTreeSet<&str> = old_sets
+    // Objects recreated under the same name because their declaration changed:
+    // the old one must be gone, and every rule naming it, before the new one comes.
+    let gone_sets: BTreeSet<&str> = old
+        .sets
         .iter()
-        .filter(|(name, set)| new_sets.get(*name).is_none_or(|n| declaration(n) != declaration(set)))
-        .map(|(name, _)| *name)
+        .filter(|set| new_sets.get(set.name.as_str()).is_some_and(|n| !same_declaration(n, set)))
+        .map(|set| set.name.as_str())
         .collect();
-    let gone_chains: BTreeSet<&str> = old_chains
+    let gone_chains: BTreeSet<&str> = old
+        .chains
         .iter()
-        .filter(|(name, chain)| new_chains.get(*name).is_none_or(|n| n.hook != chain.hook))
-        .map(|(name, _)| *name)
+        .filter(|chain| new_chains.get(chain.name.as_str()).is_some_and(|n| n.hook != chain.hook))
+        .map(|chain| chain.name.as_str())
         .collect();
+    let removed_sets: BTreeSet<&str> =
+        old.sets.iter().map(|s| s.name.as_str()).filter(|name| !new_sets.contains_key(name)).collect();
+    let removed_chains: BTreeSet<&str> =
+        old.chains.iter().map(|c| c.name.as_str()).filter(|name| !new_chains.contains_key(name)).collect();
     let refers_to_gone = |rule: &Rule| {
         rule_sets(rule).any(|s| gone_sets.contains(s)) || rule_chains(rule).any(|c| gone_chains.contains(c))
     };
 
-    for (name, chain) in &old_chains {
+    for name in gone_chains.union(&removed_chains) {
+        if !old_chains[name].rules.is_empty() {
+            phases.remove_rules.push(Op::FlushChain { family, chain: name.to_string() });
+        }
         if gone_chains.contains(name) {
-            if !chain.rules.is_empty() {
-                phases.push(Phase::RemoveRules, Op::FlushChain { family, chain: name.to_string() });
-            }
-            phases.push(Phase::DeleteChains, Op::DeleteChain { family, chain: name.to_string() });
+            phases.delete_chains.push(Op::DeleteChain { family, chain: name.to_string() });
         }
     }
     for name in &gone_sets {
-        phases.push(Phase::DeleteSets, Op::DeleteSet { family, set: name.to_string() });
+        phases.delete_sets.push(Op::DeleteSet { family, set: name.to_string() });
+    }
+    for name in &removed_sets {
+        phases.delete_removed.push(Op::DeleteSet { family, set: name.to_string() });
+    }
+    for name in &removed_chains {
+        phases.delete_removed.push(Op::DeleteChain { family, chain: name.to_string() });
     }
 
     for set in &new.sets {
         let recreated = gone_sets.contains(set.name.as_str()) || !old_sets.contains_key(set.name.as_str());
         if recreated {
-            phases.push(Phase::AddSetsAndChains, Op::AddSet { family, set: declaration(set) });
+            phases.add_sets_and_chains.push(Op::AddSet { family, set: declaration(set) });
         }
         if set.dynamic_timeout.is_some() {
             continue;
         }
-        let before: BTreeSet<&Element> = match old_sets.get(set.name.as_str()) {
-            Some(old) if !recreated => old.elements.iter().collect(),
-            _ => BTreeSet::new(),
-        };
-        let after: BTreeSet<&Element> = set.elements.iter().collect();
+        let old_elements: &[Element] =
+            old_sets.get(set.name.as_str()).filter(|_| !recreated).map_or(&[], |old| &old.elements);
         // An element pointing at a recreated chain must be re-added to point at it.
         let dangling = |e: &Element| matches!(&e.verdict, Some(Verdict::Jump(c) | Verdict::Goto(c)) if gone_chains.contains(c.as_str()));
+        let (was, is) = if gone_chains.is_empty() {
+            differing(old_elements, &set.elements)
+        } else {
+            (old_elements, &set.elements[..])
+        };
+        let before: BTreeSet<&Element> = was.iter().collect();
+        let after: BTreeSet<&Element> = is.iter().collect();
         let stale: Vec<Element> =
             before.iter().filter(|e| !after.contains(*e) || dangling(e)).map(|e| (*e).clone()).collect();
         let fresh: Vec<Element> =
             after.iter().filter(|e| !before.contains(*e) || dangling(e)).map(|e| (*e).clone()).collect();
         if !stale.is_empty() {
-            phases.push(Phase::DeleteElements, Op::DeleteElements { family, set: set.name.clone(), elements: stale });
+            phases.delete_elements.push(Op::DeleteElements { family, set: set.name.clone(), elements: stale });
         }
         if !fresh.is_empty() {
-            phases.push(Phase::AddElements, Op::AddElements { family, set: set.name.clone(), elements: fresh });
+            phases.add_elements.push(Op::AddElements { family, set: set.name.clone(), elements: fresh });
         }
     }
 
@@ -219,37 +263,45 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
         let name = chain.name.as_str();
         let old = old_chains.get(name).filter(|_| !gone_chains.contains(name));
         let Some(old) = old else {
-            phases.push(Phase::AddSetsAndChains, Op::AddChain { family, chain: chain.name.clone(), hook: chain.hook });
-            append_all(family, chain, phases);
+            phases.add_sets_and_chains.push(Op::AddChain { family, chain: chain.name.clone(), hook: chain.hook });
+            append_all(family, chain, &mut phases.change_rules);
             continue;
         };
         if old.rules == chain.rules {
             continue;
         }
         if old.rules.iter().any(refers_to_gone) {
-            phases.push(Phase::RemoveRules, Op::FlushChain { family, chain: chain.name.clone() });
-            append_all(family, chain, phases);
+            phases.remove_rules.push(Op::FlushChain { family, chain: chain.name.clone() });
+            append_all(family, chain, &mut phases.change_rules);
             continue;
         }
         for (position, (was, is)) in old.rules.iter().zip(&chain.rules).enumerate() {
             if was != is {
                 let rule = is.clone();
-                phases.push(Phase::ChangeRules, Op::ReplaceRule { family, chain: chain.name.clone(), position, rule });
+                phases.change_rules.push(Op::ReplaceRule { family, chain: chain.name.clone(), position, rule });
             }
         }
         for position in chain.rules.len()..old.rules.len() {
-            phases.push(Phase::ChangeRules, Op::DeleteRule { family, chain: chain.name.clone(), position });
+            phases.change_rules.push(Op::DeleteRule { family, chain: chain.name.clone(), position });
         }
         for rule in chain.rules.iter().skip(old.rules.len()) {
-            phases.push(Phase::ChangeRules, Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
+            phases.change_rules.push(Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
         }
     }
 }
 
-fn append_all(family: Family, chain: &Chain, phases: &mut Phases) {
-    for rule in &chain.rules {
-        phases.push(Phase::ChangeRules, Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
-    }
+/// The parts of two element lists between their common head and tail: only there
+/// can they differ, since an element is in a set once. A set may hold every
+/// endpoint of the cluster; moving one leaves a middle of one element each.
+fn differing<'a>(old: &'a [Element], new: &'a [Element]) -> (&'a [Element], &'a [Element]) {
+    let head = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let (old, new) = (&old[head..], &new[head..]);
+    let tail = old.iter().rev().zip(new.iter().rev()).take_while(|(a, b)| a == b).count();
+    (&old[..old.len() - tail], &new[..new.len() - tail])
+}
+
+fn append_all(family: Family, chain: &Chain, ops: &mut Vec<Op>) {
+    ops.extend(chain.rules.iter().map(|rule| Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() }));
 }
 
 /// The sets a rule refers to.

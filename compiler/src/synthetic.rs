@@ -11,18 +11,20 @@ pub struct Shape {
     pub services: usize,
     pub endpoints_per_service: usize,
     pub nodes: usize,
+    /// Every this many services has session affinity (0: none).
+    pub affinity_every: usize,
 }
 
 impl Shape {
     /// The reference scale of the design: 10k services × 10 endpoints over 50 nodes.
-    pub const LARGE: Shape = Shape { services: 10_000, endpoints_per_service: 10, nodes: 50 };
+    pub const LARGE: Shape = Shape { services: 10_000, endpoints_per_service: 10, nodes: 50, affinity_every: 7 };
 }
 
 const NODE_PORT_FIRST: usize = 30000;
 const NODE_PORT_COUNT: usize = 2768;
 
 /// Policy text for a cluster of `shape`: every fifth service a NodePort (while
-/// node ports last), every seventh with session affinity, endpoints spread
+/// node ports last), every `affinity_every`-th (by default seventh) with session affinity, endpoints spread
 /// round-robin over the nodes. `revision` readdresses the first endpoint of
 /// service 0, so that two revisions differ by exactly one endpoint.
 pub fn policy_text(shape: Shape, revision: u32) -> String {
@@ -45,7 +47,7 @@ pub fn policy_text(shape: Shape, revision: u32) -> String {
             Some(np) => writeln!(out, "    port 80/tcp target 8080 node-port {np}").unwrap(),
             None => out.push_str("    port 80/tcp target 8080\n"),
         }
-        if s % 7 == 0 {
+        if shape.affinity_every > 0 && s % shape.affinity_every == 0 {
             out.push_str("    session-affinity client-ip\n");
         }
         writeln!(out, "}}\nendpoints default/svc-{s} {{").unwrap();

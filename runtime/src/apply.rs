@@ -96,7 +96,7 @@ impl Applier {
     pub fn reread(&mut self) -> Result<(), ApplyError> {
         let mut committed = Committed::default();
         for family in Family::ALL {
-            if let Some(state) = self.conn.read_table(nl_family(family), TABLE_NAME)? {
+            if let Some(state) = self.conn.read_table_config(nl_family(family), TABLE_NAME)? {
                 committed.generation = committed.generation.max(state.generation);
                 let decoded = kernel::decode_table(family, &state);
                 for (chain, handles) in decoded.handles {
@@ -246,6 +246,8 @@ impl Applier {
                 _ => {}
             }
         }
+        // A chain flushed on its way out has no handles left to learn.
+        changed.retain(|(family, chain)| desired.table(*family).is_some_and(|t| t.chain(chain).is_some()));
         if changed.len() > CHAINS_READ_ONE_BY_ONE {
             return self.reread();
         }

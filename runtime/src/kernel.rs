@@ -20,8 +20,6 @@ const CT_STATUS_DNAT: u32 = 0x20;
 const RTN_LOCAL: u32 = 2;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMPV6_PORT_UNREACH: u8 = 4;
-/// nft gives dynamic sets this size unless told otherwise.
-const DYNAMIC_SET_SIZE: u32 = 65535;
 
 pub fn nl_family(family: Family) -> nl::Family {
     match family {
@@ -259,7 +257,10 @@ pub fn encode_set(set: &Set) -> nl::Set {
         key: set.key.iter().map(|k| nl_key_type(*k)).collect(),
         data: set.verdict_map.then_some(nl::SetData::Verdict),
         flags: nl::SetFlags { timeout: dynamic, dynamic, ..nl::SetFlags::default() },
-        size: dynamic.then_some(DYNAMIC_SET_SIZE),
+        // No size, as nft sends none: with a size of 65535 the kernel allocated and
+        // zeroed a 1 MiB hash table per affinity set (14 GiB for 10k services) and
+        // capped it at that many clients; without one it starts small and grows.
+        size: None,
         timeout: set.dynamic_timeout,
         comment: set.comment.clone(),
     }
