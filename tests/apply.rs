@@ -219,7 +219,7 @@ fn a_rejected_batch_changes_nothing_and_names_the_operation() {
         assert_eq!(applier.committed(), &before, "{what}: the applier forgot what is committed");
     }
     let message = applier.apply(&with_dangling_jump(&before)).unwrap_err().to_string();
-    assert!(message.contains("add rule to chain"), "{message}");
+    assert!(message.contains("add rule ip svcnft") && message.contains("jump no-such-chain"), "{message}");
     assert_eq!(applier.apply(&before).unwrap().operations, 0);
 }
 

@@ -280,21 +280,17 @@ impl Lab {
         Ok(in_namespace(&self.node(node)?.ns, || Applier::open().and_then(|mut applier| applier.cleanup()))??)
     }
 
-    /// Serves the node's health-check node ports as `policy` prescribes, with stand-ins
-    /// for the node agent (`svcnft run`), which will take their place here. Returns the
-    /// servers' pids for [`Lab::stop`].
-    pub fn start_health_checks(&self, node: &str, policy: &[PathBuf]) -> Result<Vec<u32>, Error> {
-        let (plan, _) = compile(policy, node)?;
+    /// Starts svcnft's node agent on `node` for `policy` (files it keeps following):
+    /// it adopts the node's rules and serves its health-check node ports. Returns
+    /// once the agent's proxy health answers; the pid is for [`Lab::stop`].
+    pub fn start_agent(&self, node: &str, policy: &[PathBuf]) -> Result<u32, Error> {
         let ns = &self.node(node)?.ns;
-        let mut pids = Vec::new();
-        for check in &plan.health_checks {
-            let (port, count) = (check.port.to_string(), check.local_endpoints.to_string());
-            let service = check.service.to_string();
-            let args = ["health-check-server", "--port", &port, "--service", &service, "--local-endpoints", &count];
-            pids.push(self.spawn_in(ns, &args)?);
-            self.wait_serving(ns, &port)?;
-        }
-        Ok(pids)
+        let mut args = vec!["agent".to_string(), "--node".into(), node.into()];
+        args.extend(policy.iter().map(|p| p.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pid = self.spawn_in(ns, &args)?;
+        self.wait_serving(ns, "10256")?;
+        Ok(pid)
     }
 
     /// Polls `ready` until it holds, or fails after `limit`.

@@ -3,7 +3,6 @@
 //! real packets: which endpoint does a packet reach, and what source does the pod see?
 
 pub mod echo;
-pub mod health;
 pub mod http;
 pub mod lab;
 pub mod lb;
@@ -32,6 +31,8 @@ pub enum Error {
     Policy(String),
     #[error(transparent)]
     Apply(#[from] svcnft_runtime::apply::ApplyError),
+    #[error(transparent)]
+    Agent(#[from] svcnft_runtime::agent::AgentError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

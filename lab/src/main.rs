@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 use svcnft_lab::echo::{self, EchoConfig};
-use svcnft_lab::health::{self, HealthCheckConfig};
 use svcnft_lab::http::{self, Target};
 use svcnft_lab::lab::{self, state_file, LB_VIP4, LB_VIP6};
 use svcnft_lab::lb::{self, LoadBalancerConfig};
@@ -60,16 +59,13 @@ enum Cmd {
     },
     /// Remove svcnft's rules from every node of the running lab.
     Cleanup,
-    /// Answer a health-check node port for one service, as the node agent will.
-    HealthCheckServer {
+    /// Run svcnft's node agent (`svcnft run`, default options) in this namespace:
+    /// it keeps the node's rules and serves its health-check node ports.
+    Agent {
+        #[arg(required = true, value_name = "POLICY")]
+        policy: Vec<PathBuf>,
         #[arg(long)]
-        port: u16,
-        /// NAMESPACE/NAME.
-        #[arg(long)]
-        service: String,
-        /// Ready endpoints of the service on this node: 200 if any, else 503.
-        #[arg(long)]
-        local_endpoints: usize,
+        node: String,
     },
     /// Route VIPs to the backends whose health-check port answers 200 (run in the router).
     LoadBalancer {
@@ -155,8 +151,16 @@ fn run(command: Cmd) -> Result<(), Error> {
                 println!("{}: {}", node.name, summary(&lab.cleanup(&node.name)?));
             }
         }
-        Cmd::HealthCheckServer { port, service, local_endpoints } => {
-            health::serve(HealthCheckConfig { port, service, local_endpoints })?;
+        Cmd::Agent { policy, node } => {
+            let config = svcnft_runtime::agent::Config {
+                policy,
+                node,
+                healthz_bind_address: ([0, 0, 0, 0], 10256).into(),
+                metrics_bind_address: ([127, 0, 0, 1], 10249).into(),
+                sync_period: Duration::from_secs(30),
+                cleanup_on_exit: false,
+            };
+            svcnft_runtime::agent::run(config)?;
         }
         Cmd::Status => {
             let lab = running()?;

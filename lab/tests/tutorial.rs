@@ -101,26 +101,29 @@ fn the_source_ip_tutorial() {
         assert_eq!(seen(&lab, lab.client(), LB_VIP4, 80), expected, "through {node}");
     }
 
-    // LoadBalancer, local policy: only node-1 has a local endpoint, so only its health
-    // check says 200, the load balancer sends the VIP there and the source is kept.
-    lab.apply_policy_everywhere(&local).unwrap();
-    let mut checks = start_health_checks(&lab, &local);
+    // LoadBalancer, local policy, with svcnft's node agent on every node following
+    // one policy file: only node-1 has a local endpoint, so only its health check
+    // says 200, the load balancer sends the VIP there and the source is kept.
+    let live = std::env::temp_dir().join(format!("svcnft-lab-{}-live.svc", std::process::id()));
+    std::fs::copy(&local[0], &live).unwrap();
+    let agents: Vec<u32> =
+        lab.nodes().iter().map(|n| lab.start_agent(&n.name, std::slice::from_ref(&live)).unwrap()).collect();
     assert_health(&lab, &[("10.240.0.3", 200, 1), ("10.240.0.4", 503, 0), ("10.240.0.5", 503, 0)]);
     lab.wait_until(Duration::from_secs(10), || vip_route(&lab).contains("via 10.240.0.3")).unwrap();
     assert_eq!(answer(&lab, lab.client(), "http://198.51.100.140/"), ("source-ip-app".into(), CLIENT4.to_string()));
 
-    // The endpoint moves to node-2: health, and traffic with it.
-    for pid in checks.drain(..) {
-        lab.stop(pid).unwrap();
-    }
-    lab.apply_policy_everywhere(&moved).unwrap();
-    checks = start_health_checks(&lab, &moved);
+    // The endpoint moves to node-2 by an edit of the file: the agents apply it, and
+    // health and traffic follow.
+    let moved_text = std::fs::read_to_string(&moved[0]).unwrap();
+    std::fs::write(&live, moved_text).unwrap();
+    lab.wait_until(Duration::from_secs(10), || health_of(&lab, "10.240.0.4") == 200).unwrap();
     assert_health(&lab, &[("10.240.0.3", 503, 0), ("10.240.0.4", 200, 1), ("10.240.0.5", 503, 0)]);
     lab.wait_until(Duration::from_secs(10), || vip_route(&lab).trim().ends_with("via 10.240.0.4 dev br0")).unwrap();
     assert_eq!(answer(&lab, lab.client(), "http://198.51.100.140/"), ("busybox-2".into(), CLIENT4.to_string()));
-    for pid in checks {
+    for pid in agents {
         lab.stop(pid).unwrap();
     }
+    std::fs::remove_file(&live).unwrap();
 
     // Clean up: svcnft's tables go, and with them the services.
     for node in lab.nodes() {
@@ -132,9 +135,9 @@ fn the_source_ip_tutorial() {
     assert!(!matches!(outcome(&lab, &pod.ns, "http://10.0.170.92/"), Outcome::Answered(_)));
 }
 
-/// Starts every node's health-check node ports for `policy`.
-fn start_health_checks(lab: &Lab, policy: &[std::path::PathBuf]) -> Vec<u32> {
-    lab.nodes().iter().flat_map(|n| lab.start_health_checks(&n.name, policy).unwrap()).collect()
+/// The status of a node's health-check node port, as the load balancer gets it.
+fn health_of(lab: &Lab, node: &str) -> u16 {
+    lab.http_get_from(lab.client(), ip(node), HEALTH_CHECK_PORT).map_or(0, |r| r.status)
 }
 
 /// Each node's health-check answer, as the load balancer gets it.
