@@ -22,7 +22,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::policy::Family;
-use crate::render::{family_keyword, value_text, verdict_text, RuleText};
+use crate::render::{family_keyword, ElementText, RuleText};
 use crate::ruleset::{BaseHook, Chain, Element, Match, Rule, Ruleset, Set, Statement, Table, Verdict};
 
 /// One operation of a transaction. Rule positions are indexes into the committed
@@ -350,17 +350,7 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = |family: &Family| format!("{} svcnft", family_keyword(*family));
         let elements = |elements: &[Element]| -> String {
-            let texts: Vec<String> = elements
-                .iter()
-                .map(|e| {
-                    let key: Vec<String> = e.key.iter().map(value_text).collect();
-                    match &e.verdict {
-                        Some(v) => format!("{} : {}", key.join(" . "), verdict_text(v)),
-                        None => key.join(" . "),
-                    }
-                })
-                .collect();
-            texts.join(", ")
+            elements.iter().map(|e| ElementText(e).to_string()).collect::<Vec<_>>().join(", ")
         };
         match self {
             Op::AddTable { family } => write!(f, "add table {}", t(family)),

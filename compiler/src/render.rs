@@ -118,87 +118,130 @@ pub struct RuleText<'a>(pub Family, pub &'a Rule);
 impl fmt::Display for RuleText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let RuleText(family, rule) = *self;
-        let mut words: Vec<String> = rule.matches.iter().map(|m| match_text(family, m)).collect();
-        words.extend(rule.statements.iter().map(|s| statement_text(family, s)));
-        if let Some(comment) = &rule.comment {
-            words.push(format!("comment \"{comment}\""));
+        let mut sep = "";
+        for m in &rule.matches {
+            write!(f, "{sep}{}", MatchText(family, m))?;
+            sep = " ";
         }
-        f.write_str(&words.join(" "))
-    }
-}
-
-struct ElementText<'a>(&'a Element);
-
-impl fmt::Display for ElementText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key: Vec<String> = self.0.key.iter().map(value_text).collect();
-        f.write_str(&key.join(" . "))?;
-        if let Some(verdict) = &self.0.verdict {
-            write!(f, " : {}", verdict_text(verdict))?;
+        for s in &rule.statements {
+            write!(f, "{sep}{}", StatementText(family, s))?;
+            sep = " ";
+        }
+        if let Some(comment) = &rule.comment {
+            write!(f, "{sep}comment \"{comment}\"")?;
         }
         Ok(())
     }
 }
 
-pub fn field_text(family: Family, field: Field) -> String {
-    let ip = family_keyword(family);
-    match field {
-        Field::Saddr => format!("{ip} saddr"),
-        Field::Daddr => format!("{ip} daddr"),
-        Field::L4Proto => "meta l4proto".into(),
-        Field::Dport => "th dport".into(),
-    }
-}
+/// A set element: `KEY` or `KEY : VERDICT`.
+pub struct ElementText<'a>(pub &'a Element);
 
-fn key_text(family: Family, key: &[Field]) -> String {
-    key.iter().map(|f| field_text(family, *f)).collect::<Vec<_>>().join(" . ")
-}
-
-pub fn value_text(value: &Value) -> String {
-    match value {
-        Value::Addr(a) => a.to_string(),
-        Value::Net(n) => n.to_string(),
-        Value::Proto(p) => p.to_string(),
-        Value::Port(p) => p.to_string(),
-    }
-}
-
-fn match_text(family: Family, m: &Match) -> String {
-    let op = |negate: bool| if negate { "!= " } else { "" };
-    match m {
-        Match::Cmp { field, negate, value } => {
-            format!("{} {}{}", field_text(family, *field), op(*negate), value_text(value))
+impl fmt::Display for ElementText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for value in &self.0.key {
+            write!(f, "{sep}{}", ValueText(value))?;
+            sep = " . ";
         }
-        Match::InSet { key, set, negate } => format!("{} {}@{set}", key_text(family, key), op(*negate)),
-        Match::CtStateNew => "ct state new".into(),
-        Match::CtStatusDnat => "ct status dnat".into(),
-        Match::FibLocal(AddrField::Saddr) => "fib saddr type local".into(),
-        Match::FibLocal(AddrField::Daddr) => "fib daddr type local".into(),
-        Match::Numgen { modulus, value } => format!("numgen random mod {modulus} == {value}"),
-        Match::MarkClear(mask) => format!("meta mark & {mask:#010x} == 0"),
+        if let Some(verdict) = &self.0.verdict {
+            write!(f, " : {}", VerdictText(verdict))?;
+        }
+        Ok(())
     }
 }
 
-fn statement_text(family: Family, s: &Statement) -> String {
-    match s {
-        Statement::MarkOr(bits) => format!("meta mark set meta mark | {bits:#010x}"),
-        Statement::MarkXor(bits) => format!("meta mark set meta mark ^ {bits:#010x}"),
-        Statement::Update { set, key } => format!("update @{set} {{ {} }}", key_text(family, key)),
-        Statement::Vmap { key, map } => format!("{} vmap @{map}", key_text(family, key)),
-        Statement::Dnat { address: IpAddr::V4(a), port } => format!("dnat to {a}:{port}"),
-        Statement::Dnat { address: IpAddr::V6(a), port } => format!("dnat to [{a}]:{port}"),
-        Statement::Masquerade => "masquerade fully-random".into(),
-        Statement::Reject => "reject".into(),
-        Statement::Verdict(v) => verdict_text(v),
+struct FieldText(Family, Field);
+
+impl fmt::Display for FieldText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = family_keyword(self.0);
+        match self.1 {
+            Field::Saddr => write!(f, "{ip} saddr"),
+            Field::Daddr => write!(f, "{ip} daddr"),
+            Field::L4Proto => f.write_str("meta l4proto"),
+            Field::Dport => f.write_str("th dport"),
+        }
     }
 }
 
-pub fn verdict_text(v: &Verdict) -> String {
-    match v {
-        Verdict::Accept => "accept".into(),
-        Verdict::Drop => "drop".into(),
-        Verdict::Return => "return".into(),
-        Verdict::Jump(c) => format!("jump {c}"),
-        Verdict::Goto(c) => format!("goto {c}"),
+struct KeyText<'a>(Family, &'a [Field]);
+
+impl fmt::Display for KeyText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for field in self.1 {
+            write!(f, "{sep}{}", FieldText(self.0, *field))?;
+            sep = " . ";
+        }
+        Ok(())
+    }
+}
+
+struct ValueText<'a>(&'a Value);
+
+impl fmt::Display for ValueText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Value::Addr(a) => a.fmt(f),
+            Value::Net(n) => n.fmt(f),
+            Value::Proto(p) => p.fmt(f),
+            Value::Port(p) => p.fmt(f),
+        }
+    }
+}
+
+struct MatchText<'a>(Family, &'a Match);
+
+impl fmt::Display for MatchText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = self.0;
+        let op = |negate: bool| if negate { "!= " } else { "" };
+        match self.1 {
+            Match::Cmp { field, negate, value } => {
+                write!(f, "{} {}{}", FieldText(family, *field), op(*negate), ValueText(value))
+            }
+            Match::InSet { key, set, negate } => write!(f, "{} {}@{set}", KeyText(family, key), op(*negate)),
+            Match::CtStateNew => f.write_str("ct state new"),
+            Match::CtStatusDnat => f.write_str("ct status dnat"),
+            Match::FibLocal(AddrField::Saddr) => f.write_str("fib saddr type local"),
+            Match::FibLocal(AddrField::Daddr) => f.write_str("fib daddr type local"),
+            Match::Numgen { modulus, value } => write!(f, "numgen random mod {modulus} == {value}"),
+            Match::MarkClear(mask) => write!(f, "meta mark & {mask:#010x} == 0"),
+        }
+    }
+}
+
+struct StatementText<'a>(Family, &'a Statement);
+
+impl fmt::Display for StatementText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = self.0;
+        match self.1 {
+            Statement::MarkOr(bits) => write!(f, "meta mark set meta mark | {bits:#010x}"),
+            Statement::MarkXor(bits) => write!(f, "meta mark set meta mark ^ {bits:#010x}"),
+            Statement::Update { set, key } => write!(f, "update @{set} {{ {} }}", KeyText(family, key)),
+            Statement::Vmap { key, map } => write!(f, "{} vmap @{map}", KeyText(family, key)),
+            Statement::Dnat { address: IpAddr::V4(a), port } => write!(f, "dnat to {a}:{port}"),
+            Statement::Dnat { address: IpAddr::V6(a), port } => write!(f, "dnat to [{a}]:{port}"),
+            Statement::Masquerade => f.write_str("masquerade fully-random"),
+            Statement::Reject => f.write_str("reject"),
+            Statement::Verdict(v) => VerdictText(v).fmt(f),
+        }
+    }
+}
+
+/// A verdict in nft syntax: `drop`, `goto CHAIN`, ...
+pub struct VerdictText<'a>(pub &'a Verdict);
+
+impl fmt::Display for VerdictText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Verdict::Accept => f.write_str("accept"),
+            Verdict::Drop => f.write_str("drop"),
+            Verdict::Return => f.write_str("return"),
+            Verdict::Jump(c) => write!(f, "jump {c}"),
+            Verdict::Goto(c) => write!(f, "goto {c}"),
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::Serialize;
 
 use crate::policy::{Family, Node, Protocol};
-use crate::render::{verdict_text, RuleText};
+use crate::render::{RuleText, VerdictText};
 use crate::ruleset::{
     AddrField, Chain, ChainKind, Element, Field, Hook, Match, Rule, Ruleset, Set, Statement, Table, Value, Verdict,
 };
@@ -458,7 +458,7 @@ impl<'a> Interpreter<'a> {
                     });
                     if let Some(verdict) = verdict {
                         effective = true;
-                        step.lookup = Some(verdict_text(verdict));
+                        step.lookup = Some(VerdictText(verdict).to_string());
                         next = next_of(verdict);
                         break;
                     }
