@@ -9,7 +9,6 @@
 //! that DNAT directly, and hairpin traffic is recognised once, in postrouting,
 //! through one `address . address` set.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use crate::plan::{
@@ -86,17 +85,17 @@ fn affinity_set(id: &PortId, target: Target) -> String {
     )
 }
 
-/// Accumulates one table's sets and per-service chains; elements are kept sorted
-/// so the output is deterministic.
+/// Accumulates one table's sets and per-service chains; elements are sorted and
+/// deduplicated at the end, so the output is deterministic.
 struct Builder<'a> {
     plan: &'a FamilyPlan,
-    cluster_ips: BTreeSet<Element>,
-    service_ips: BTreeSet<Element>,
-    service_nodeports: BTreeSet<Element>,
-    firewall_ips: BTreeSet<Element>,
-    no_endpoint_services: BTreeSet<Element>,
-    no_endpoint_nodeports: BTreeSet<Element>,
-    hairpin: BTreeSet<Element>,
+    cluster_ips: Vec<Element>,
+    service_ips: Vec<Element>,
+    service_nodeports: Vec<Element>,
+    firewall_ips: Vec<Element>,
+    no_endpoint_services: Vec<Element>,
+    no_endpoint_nodeports: Vec<Element>,
+    hairpin: Vec<Element>,
     affinity_sets: Vec<Set>,
     service_chains: Vec<Chain>,
 }
@@ -128,13 +127,13 @@ impl<'a> Builder<'a> {
     fn new(plan: &'a FamilyPlan) -> Self {
         Builder {
             plan,
-            cluster_ips: BTreeSet::new(),
-            service_ips: BTreeSet::new(),
-            service_nodeports: BTreeSet::new(),
-            firewall_ips: BTreeSet::new(),
-            no_endpoint_services: BTreeSet::new(),
-            no_endpoint_nodeports: BTreeSet::new(),
-            hairpin: BTreeSet::new(),
+            cluster_ips: Vec::new(),
+            service_ips: Vec::new(),
+            service_nodeports: Vec::new(),
+            firewall_ips: Vec::new(),
+            no_endpoint_services: Vec::new(),
+            no_endpoint_nodeports: Vec::new(),
+            hairpin: Vec::new(),
             affinity_sets: Vec::new(),
             service_chains: Vec::new(),
         }
@@ -144,19 +143,19 @@ impl<'a> Builder<'a> {
         let id = &port.id;
         let chains = PortChains::new(id);
         let comment = id.to_string();
-        self.cluster_ips.insert(Element { key: vec![Value::Addr(port.cluster_ip)], verdict: None });
+        self.cluster_ips.push(Element { key: vec![Value::Addr(port.cluster_ip)], verdict: None });
         for address in &port.all_endpoint_addresses {
-            self.hairpin.insert(Element { key: vec![Value::Addr(*address), Value::Addr(*address)], verdict: None });
+            self.hairpin.push(Element { key: vec![Value::Addr(*address), Value::Addr(*address)], verdict: None });
         }
 
         match port.internal {
             Route::To(set) => {
                 let verdict = Verdict::Goto(chains.policy(set).into());
-                self.service_ips.insert(addr_proto_port(port.cluster_ip, id, id.port, verdict));
+                self.service_ips.push(addr_proto_port(port.cluster_ip, id, id.port, verdict));
             }
             Route::Refuse(refusal) => {
                 let verdict = refusal_verdict(refusal);
-                self.no_endpoint_services.insert(addr_proto_port(port.cluster_ip, id, id.port, verdict));
+                self.no_endpoint_services.push(addr_proto_port(port.cluster_ip, id, id.port, verdict));
             }
         }
 
@@ -168,11 +167,11 @@ impl<'a> Builder<'a> {
             Some(ExternalRoute::Chain(external)) => {
                 for address in &external_addresses {
                     let verdict = Verdict::Goto(chains.external.clone());
-                    self.service_ips.insert(addr_proto_port(*address, id, id.port, verdict));
+                    self.service_ips.push(addr_proto_port(*address, id, id.port, verdict));
                 }
                 if let Some(node_port) = port.node_port {
                     let verdict = Verdict::Goto(chains.external.clone());
-                    self.service_nodeports.insert(proto_port(id, node_port.get(), verdict));
+                    self.service_nodeports.push(proto_port(id, node_port.get(), verdict));
                 }
                 if let Some(refusal) = external.refuse {
                     self.refuse_external(port, &external_addresses, refusal);
@@ -184,7 +183,7 @@ impl<'a> Builder<'a> {
         if !port.source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
             for address in &port.load_balancer_ips {
                 let verdict = Verdict::Goto(chains.firewall.clone());
-                self.firewall_ips.insert(addr_proto_port(*address, id, id.port, verdict));
+                self.firewall_ips.push(addr_proto_port(*address, id, id.port, verdict));
             }
             self.firewall_chain(port, &chains, &comment);
         }
@@ -199,10 +198,10 @@ impl<'a> Builder<'a> {
     fn refuse_external(&mut self, port: &PortPlan, addresses: &[IpAddr], refusal: Refusal) {
         let id = &port.id;
         for address in addresses {
-            self.no_endpoint_services.insert(addr_proto_port(*address, id, id.port, refusal_verdict(refusal)));
+            self.no_endpoint_services.push(addr_proto_port(*address, id, id.port, refusal_verdict(refusal)));
         }
         if let Some(node_port) = port.node_port {
-            self.no_endpoint_nodeports.insert(proto_port(id, node_port.get(), refusal_verdict(refusal)));
+            self.no_endpoint_nodeports.push(proto_port(id, node_port.get(), refusal_verdict(refusal)));
         }
     }
 
@@ -320,13 +319,10 @@ impl<'a> Builder<'a> {
         let addr = KeyType::addr(family);
         let target_key = vec![addr, KeyType::InetProto, KeyType::InetService];
         let port_key = vec![KeyType::InetProto, KeyType::InetService];
-        let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, elements: BTreeSet<Element>| Set {
-            name: name.into(),
-            key,
-            verdict_map,
-            dynamic_timeout: None,
-            comment: Some(comment.into()),
-            elements: elements.into_iter().collect(),
+        let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, mut elements: Vec<Element>| {
+            elements.sort_unstable();
+            elements.dedup();
+            Set { name: name.into(), key, verdict_map, dynamic_timeout: None, comment: Some(comment.into()), elements }
         };
         let mut sets = vec![
             set(CLUSTER_IPS, vec![addr], false, "every cluster IP", std::mem::take(&mut self.cluster_ips)),
