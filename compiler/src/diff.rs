@@ -105,18 +105,29 @@ impl Transaction {
 }
 
 /// The phases of `diff`, in commit order (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    AddTables,
+    RemoveRules,
+    DeleteElements,
+    DeleteChains,
+    DeleteSets,
+    AddSetsAndChains,
+    AddElements,
+    ChangeRules,
+    DeleteRemoved,
+    DeleteTables,
+}
+
+/// Operations tagged with their phase; sorted stably by phase at the end, so
+/// operations of one phase keep the order they were found in.
 #[derive(Default)]
-struct Phases {
-    add_tables: Vec<Op>,
-    remove_rules: Vec<Op>,
-    delete_elements: Vec<Op>,
-    delete_chains: Vec<Op>,
-    delete_sets: Vec<Op>,
-    add_sets_and_chains: Vec<Op>,
-    add_elements: Vec<Op>,
-    change_rules: Vec<Op>,
-    delete_removed: Vec<Op>,
-    delete_tables: Vec<Op>,
+struct Phases(Vec<(Phase, Op)>);
+
+impl Phases {
+    fn push(&mut self, phase: Phase, op: Op) {
+        self.0.push((phase, op));
+    }
 }
 
 /// Computes the transaction that turns `committed` into `desired`. Elements of
@@ -126,41 +137,16 @@ pub fn diff(committed: &Ruleset, desired: &Ruleset) -> Transaction {
     for family in Family::ALL {
         match (committed.table(family), desired.table(family)) {
             (None, None) => {}
-            (Some(_), None) => phases.delete_tables.push(Op::DeleteTable { family }),
+            (Some(_), None) => phases.push(Phase::DeleteTables, Op::DeleteTable { family }),
             (None, Some(new)) => {
-                phases.add_tables.push(Op::AddTable { family });
+                phases.push(Phase::AddTables, Op::AddTable { family });
                 diff_table(&empty_table(new), new, &mut phases);
             }
             (Some(old), Some(new)) => diff_table(old, new, &mut phases),
         }
     }
-    let Phases {
-        add_tables,
-        remove_rules,
-        delete_elements,
-        delete_chains,
-        delete_sets,
-        add_sets_and_chains,
-        add_elements,
-        change_rules,
-        delete_removed,
-        delete_tables,
-    } = phases;
-    let ops = [
-        add_tables,
-        remove_rules,
-        delete_elements,
-        delete_chains,
-        delete_sets,
-        add_sets_and_chains,
-        add_elements,
-        change_rules,
-        delete_removed,
-        delete_tables,
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    phases.0.sort_by_key(|(phase, _)| *phase);
+    let ops = phases.0.into_iter().map(|(_, op)| op).collect();
     Transaction { ops }
 }
 
@@ -212,26 +198,26 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
 
     for name in gone_chains.union(&removed_chains) {
         if !old_chains[name].rules.is_empty() {
-            phases.remove_rules.push(Op::FlushChain { family, chain: name.to_string() });
+            phases.push(Phase::RemoveRules, Op::FlushChain { family, chain: name.to_string() });
         }
         if gone_chains.contains(name) {
-            phases.delete_chains.push(Op::DeleteChain { family, chain: name.to_string() });
+            phases.push(Phase::DeleteChains, Op::DeleteChain { family, chain: name.to_string() });
         }
     }
     for name in &gone_sets {
-        phases.delete_sets.push(Op::DeleteSet { family, set: name.to_string() });
+        phases.push(Phase::DeleteSets, Op::DeleteSet { family, set: name.to_string() });
     }
     for name in &removed_sets {
-        phases.delete_removed.push(Op::DeleteSet { family, set: name.to_string() });
+        phases.push(Phase::DeleteRemoved, Op::DeleteSet { family, set: name.to_string() });
     }
     for name in &removed_chains {
-        phases.delete_removed.push(Op::DeleteChain { family, chain: name.to_string() });
+        phases.push(Phase::DeleteRemoved, Op::DeleteChain { family, chain: name.to_string() });
     }
 
     for set in &new.sets {
         let recreated = gone_sets.contains(set.name.as_str()) || !old_sets.contains_key(set.name.as_str());
         if recreated {
-            phases.add_sets_and_chains.push(Op::AddSet { family, set: declaration(set) });
+            phases.push(Phase::AddSetsAndChains, Op::AddSet { family, set: declaration(set) });
         }
         if set.dynamic_timeout.is_some() {
             continue;
@@ -252,10 +238,10 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
         let fresh: Vec<Element> =
             after.iter().filter(|e| !before.contains(*e) || dangling(e)).map(|e| (*e).clone()).collect();
         if !stale.is_empty() {
-            phases.delete_elements.push(Op::DeleteElements { family, set: set.name.clone(), elements: stale });
+            phases.push(Phase::DeleteElements, Op::DeleteElements { family, set: set.name.clone(), elements: stale });
         }
         if !fresh.is_empty() {
-            phases.add_elements.push(Op::AddElements { family, set: set.name.clone(), elements: fresh });
+            phases.push(Phase::AddElements, Op::AddElements { family, set: set.name.clone(), elements: fresh });
         }
     }
 
@@ -263,29 +249,29 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
         let name = chain.name.as_str();
         let old = old_chains.get(name).filter(|_| !gone_chains.contains(name));
         let Some(old) = old else {
-            phases.add_sets_and_chains.push(Op::AddChain { family, chain: chain.name.clone(), hook: chain.hook });
-            append_all(family, chain, &mut phases.change_rules);
+            phases.push(Phase::AddSetsAndChains, Op::AddChain { family, chain: chain.name.clone(), hook: chain.hook });
+            append_all(family, chain, phases);
             continue;
         };
         if old.rules == chain.rules {
             continue;
         }
         if old.rules.iter().any(refers_to_gone) {
-            phases.remove_rules.push(Op::FlushChain { family, chain: chain.name.clone() });
-            append_all(family, chain, &mut phases.change_rules);
+            phases.push(Phase::RemoveRules, Op::FlushChain { family, chain: chain.name.clone() });
+            append_all(family, chain, phases);
             continue;
         }
         for (position, (was, is)) in old.rules.iter().zip(&chain.rules).enumerate() {
             if was != is {
                 let rule = is.clone();
-                phases.change_rules.push(Op::ReplaceRule { family, chain: chain.name.clone(), position, rule });
+                phases.push(Phase::ChangeRules, Op::ReplaceRule { family, chain: chain.name.clone(), position, rule });
             }
         }
         for position in chain.rules.len()..old.rules.len() {
-            phases.change_rules.push(Op::DeleteRule { family, chain: chain.name.clone(), position });
+            phases.push(Phase::ChangeRules, Op::DeleteRule { family, chain: chain.name.clone(), position });
         }
         for rule in chain.rules.iter().skip(old.rules.len()) {
-            phases.change_rules.push(Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
+            phases.push(Phase::ChangeRules, Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
         }
     }
 }
@@ -300,8 +286,10 @@ fn differing<'a>(old: &'a [Element], new: &'a [Element]) -> (&'a [Element], &'a 
     (&old[..old.len() - tail], &new[..new.len() - tail])
 }
 
-fn append_all(family: Family, chain: &Chain, ops: &mut Vec<Op>) {
-    ops.extend(chain.rules.iter().map(|rule| Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() }));
+fn append_all(family: Family, chain: &Chain, phases: &mut Phases) {
+    for rule in &chain.rules {
+        phases.push(Phase::ChangeRules, Op::AppendRule { family, chain: chain.name.clone(), rule: rule.clone() });
+    }
 }
 
 /// The sets a rule refers to.
