@@ -293,11 +293,7 @@ fn apply(paths: &[PathBuf], node: &str, dry_run: bool) -> u8 {
 }
 
 fn run(config: svcnft_runtime::agent::Config) -> u8 {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    svcnft_runtime::agent::log_to_stderr();
     match svcnft_runtime::agent::run(config) {
         Ok(()) => exit::OK,
         Err(e) => {

@@ -293,6 +293,12 @@ impl Lab {
         Ok(pid)
     }
 
+    /// What the agent last started on `node` has logged.
+    pub fn agent_log(&self, node: &str) -> Result<String, Error> {
+        let ns = &self.node(node)?.ns;
+        Ok(fs::read_to_string(self.log_dir().join(format!("{ns}-agent.log")))?)
+    }
+
     /// Polls `ready` until it holds, or fails after `limit`.
     pub fn wait_until(&self, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
         let start = Instant::now();

@@ -160,6 +160,7 @@ fn run(command: Cmd) -> Result<(), Error> {
                 sync_period: Duration::from_secs(30),
                 cleanup_on_exit: false,
             };
+            svcnft_runtime::agent::log_to_stderr();
             svcnft_runtime::agent::run(config)?;
         }
         Cmd::Status => {

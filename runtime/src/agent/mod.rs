@@ -73,6 +73,15 @@ pub enum Event {
     Stop,
 }
 
+/// Structured logs on stderr, at `info` unless `RUST_LOG` says otherwise.
+pub fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), AgentError> {
     let applier = Applier::open()?;
