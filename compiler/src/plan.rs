@@ -156,11 +156,6 @@ impl PortPlan {
             EndpointSet::Local => &self.local_endpoints,
         }
     }
-
-    /// Node ports, external IPs and load-balancer IPs: the "external" destinations.
-    pub fn has_external_destinations(&self) -> bool {
-        self.node_port.is_some() || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
-    }
 }
 
 /// A health-check node port (eTP local load balancers), with what to answer.

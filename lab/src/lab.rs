@@ -3,9 +3,8 @@
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -492,19 +491,7 @@ pub fn compile(policy: &[PathBuf], node: &str) -> Result<(NodePlan, Ruleset), Er
 /// Runs `f` on a thread that has entered the network namespace `ns`: sockets and netlink
 /// opened there belong to `ns`, while the calling thread stays where it is.
 pub fn in_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
-    let file = fs::File::open(Path::new("/run/netns").join(ns))?;
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: `file` is a namespace file; setns changes only this thread.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error().into());
-                }
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    Ok(svcnft_runtime::netns::in_namespace(ns, f)?)
 }
 
 fn pod_cidrs(node: &Node) -> (String, String) {

@@ -87,11 +87,6 @@ impl Applier {
         &self.committed.ruleset
     }
 
-    /// The generation of our last read or commit.
-    pub fn generation(&self) -> u32 {
-        self.committed.generation
-    }
-
     /// Reads our tables back from the kernel, replacing what we believed.
     pub fn reread(&mut self) -> Result<(), ApplyError> {
         let mut committed = Committed::default();

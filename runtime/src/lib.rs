@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apply;
 pub mod kernel;
 pub mod netlink;
+pub mod netns;
 pub mod sources;
 #[cfg(feature = "testing")]
 pub mod testns;

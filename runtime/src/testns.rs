@@ -5,9 +5,7 @@
 //! has joined the namespace, so the test process itself never touches the
 //! host's network namespace.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -68,18 +66,7 @@ impl TestNs {
 
     /// Runs `f` on a new thread that has entered the namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-        let file = File::open(format!("/run/netns/{}", self.name))?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: a namespace fd; the thread only changes its own netns.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        crate::netns::in_namespace(&self.name, f)
     }
 
     /// Runs a command inside the namespace (`ip netns exec`).
