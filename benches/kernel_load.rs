@@ -11,12 +11,14 @@
 //! skips the slow shape).
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use svcnft_compiler::diagnostics::SourceFile;
 use svcnft_compiler::render::{family_keyword, render};
-use svcnft_compiler::ruleset::{Match, Rule, Ruleset, Statement};
+use svcnft_compiler::ruleset::{ElementData, MapData, Match, Rule, Ruleset, Statement, Value};
 use svcnft_compiler::synthetic::{policy_text, Shape};
 use svcnft_runtime::apply::Applier;
 use svcnft_runtime::testns::TestNs;
@@ -34,10 +36,10 @@ fn nft_load(path: &Path) -> Duration {
 fn netlink_apply(text: &str) -> (Duration, Duration) {
     let ns = TestNs::new().expect("a namespace");
     let start = Instant::now();
-    let ruleset = compile(text);
+    let ruleset = Arc::new(compile(text));
     let compiled = start.elapsed();
     let report = ns
-        .run(|| Applier::open().and_then(|mut applier| applier.apply(&ruleset)))
+        .run(|| Applier::open().and_then(|mut applier| applier.apply(ruleset.clone())))
         .expect("enter the namespace")
         .expect("the kernel takes it");
     assert!(report.operations > 0 && report.retries == 0);
@@ -67,11 +69,34 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
     let mut endpoint_chains = 0usize;
     for table in &mut plain.tables {
         let family = family_keyword(table.family);
-        for chain in &mut table.chains {
+        let mut chains = std::mem::take(&mut table.chains);
+        // The endpoints a rule DNATs to: its own, or those its draw maps to.
+        let endpoints_of = |rule: &Rule| -> Vec<(IpAddr, u16)> {
+            rule.statements
+                .iter()
+                .flat_map(|s| match s {
+                    Statement::Dnat { address, port } => vec![(*address, *port)],
+                    Statement::DnatMap { modulus, offset, map } => {
+                        let set = table.set(map).expect("the endpoint map is declared");
+                        (*offset..offset + modulus)
+                            .filter_map(|key| {
+                                let element = set.elements.iter().find(|e| e.key == [Value::Index(key)])?;
+                                match element.data {
+                                    Some(ElementData::Endpoint { address, port }) => Some((address, port)),
+                                    _ => None,
+                                }
+                            })
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        for chain in &mut chains {
             if !(chain.name.starts_with("cluster-") || chain.name.starts_with("local-")) {
                 continue;
             }
-            let is_dnat = |r: &Rule| r.statements.iter().any(|s| matches!(s, Statement::Dnat { .. }));
+            let is_dnat = |r: &Rule| !endpoints_of(r).is_empty();
             // Not a service chain (e.g. `cluster-ips-check`).
             if !chain.rules.iter().any(is_dnat) {
                 continue;
@@ -80,17 +105,13 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
             let (dnat, masquerade): (Vec<Rule>, Vec<Rule>) = rules.into_iter().partition(is_dnat);
             chain.rules = masquerade;
             let mut arms = Vec::new();
-            for rule in dnat.iter().filter(|r| !r.matches.iter().any(|m| matches!(m, Match::InSet { .. }))) {
-                let Some(Statement::Dnat { address, port }) =
-                    rule.statements.iter().find(|s| matches!(s, Statement::Dnat { .. }))
-                else {
-                    continue;
-                };
+            let chosen = dnat.iter().filter(|r| !r.matches.iter().any(|m| matches!(m, Match::InSet { .. })));
+            for (address, port) in chosen.flat_map(endpoints_of) {
                 let name = format!("endpoint-{endpoint_chains}");
                 endpoint_chains += 1;
                 let target = match address {
-                    std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-                    std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+                    IpAddr::V4(a) => format!("{a}:{port}"),
+                    IpAddr::V6(a) => format!("[{a}]:{port}"),
                 };
                 writeln!(extra, "add chain {family} svcnft {name}").unwrap();
                 writeln!(extra, "add rule {family} svcnft {name} {family} saddr {address} jump mark-for-masquerade")
@@ -107,6 +128,8 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
             )
             .unwrap();
         }
+        table.chains = chains;
+        table.sets.retain(|s| s.data != Some(MapData::Endpoint));
     }
     format!("{}\n{extra}", render(&plain))
 }

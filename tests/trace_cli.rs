@@ -126,14 +126,11 @@ fn diff_shows_the_rules_and_operations_of_a_change() {
     let (code, stdout, stderr) = svcnft(&["diff", LAB, dir.join("new.svc").to_str().unwrap(), "--node", "node-1"]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stdout.contains("-\t\tmeta l4proto tcp dnat to 10.244.1.5:8080 comment \"default/clusterip 80/tcp\""),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("+\t\tmeta l4proto tcp dnat to 10.244.2.7:8080 comment \"default/clusterip 80/tcp\""),
-        "{stdout}"
-    );
-    assert!(stdout.contains("replace rule ip svcnft cluster-default/clusterip/tcp/80 position 1"), "{stdout}");
+    // The endpoint is an element of an endpoint map: its key stays, its value changes.
+    assert!(stdout.contains("-\t\t\t491520 : 10.244.1.5 . 8080,"), "{stdout}");
+    assert!(stdout.contains("+\t\t\t491520 : 10.244.2.7 . 8080,"), "{stdout}");
+    assert!(stdout.contains("3 operations:"), "{stdout}");
+    assert!(stdout.contains("delete element ip svcnft endpoints-0 { 491520 : 10.244.1.5 . 8080 }"), "{stdout}");
+    assert!(stdout.contains("add element ip svcnft endpoints-0 { 491520 : 10.244.2.7 . 8080 }"), "{stdout}");
     assert!(stdout.contains("add element ip svcnft hairpin { 10.244.2.7 . 10.244.2.7 }"), "{stdout}");
 }

@@ -16,7 +16,7 @@
 //!    than its whole chain rebuilt (moving one endpoint renames its affinity set);
 //! 9. delete tables of families that are gone.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -161,43 +161,64 @@ fn declaration(set: &Set) -> Set {
 
 /// Whether two sets are declared alike (without copying their elements).
 fn same_declaration(a: &Set, b: &Set) -> bool {
-    let Set { name, key, verdict_map, dynamic_timeout, comment, elements: _ } = a;
-    (name, key, verdict_map, dynamic_timeout, comment)
-        == (&b.name, &b.key, &b.verdict_map, &b.dynamic_timeout, &b.comment)
+    let Set { name, key, data, dynamic_timeout, comment, elements: _ } = a;
+    (name, key, data, dynamic_timeout, comment) == (&b.name, &b.key, &b.data, &b.dynamic_timeout, &b.comment)
+}
+
+/// Pairs each object of `new` with the object of `old` of the same name, and
+/// lists the objects of `old` that `new` lacks. The compiler emits objects in a
+/// stable order, so between two compilations nearly every object is found where
+/// the last match suggests (same place, shifted by what came or went), without
+/// hashing a name; only the rest is looked up in an index built on first need.
+fn pair<'a, T>(old: &'a [T], new: &'a [T], name: impl Fn(&T) -> &str) -> (Vec<Option<&'a T>>, Vec<&'a T>) {
+    let mut index: Option<HashMap<&str, usize>> = None;
+    let mut matched = vec![false; old.len()];
+    let mut shift: isize = 0;
+    let pairs = new
+        .iter()
+        .enumerate()
+        .map(|(position, item)| {
+            let wanted = name(item);
+            let guess = position.checked_add_signed(shift).filter(|&g| old.get(g).is_some_and(|o| name(o) == wanted));
+            let found = guess.or_else(|| {
+                let index = index.get_or_insert_with(|| old.iter().enumerate().map(|(i, o)| (name(o), i)).collect());
+                index.get(wanted).copied()
+            });
+            found.map(|at| {
+                shift = at as isize - position as isize;
+                matched[at] = true;
+                &old[at]
+            })
+        })
+        .collect();
+    let gone = old.iter().zip(matched).filter(|(_, m)| !m).map(|(o, _)| o).collect();
+    (pairs, gone)
 }
 
 fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     let family = new.family;
-    // Hashed for lookups; ops that follow names come out in name order below.
-    let old_sets: HashMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
-    let new_sets: HashMap<&str, &Set> = new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
-    let old_chains: HashMap<&str, &Chain> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
-    let new_chains: HashMap<&str, &Chain> = new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let (old_sets, removed_sets) = pair(&old.sets, &new.sets, |s| &s.name);
+    let (old_chains, removed_chains) = pair(&old.chains, &new.chains, |c| &c.name);
 
     // Objects recreated under the same name because their declaration changed:
     // the old one must be gone, and every rule naming it, before the new one comes.
-    let gone_sets: BTreeSet<&str> = old
-        .sets
+    let gone_sets: BTreeSet<&str> = old_sets
         .iter()
-        .filter(|set| new_sets.get(set.name.as_str()).is_some_and(|n| !same_declaration(n, set)))
-        .map(|set| set.name.as_str())
+        .zip(&new.sets)
+        .filter(|(was, is)| was.is_some_and(|was| !same_declaration(was, is)))
+        .map(|(_, is)| is.name.as_str())
         .collect();
-    let gone_chains: BTreeSet<&str> = old
-        .chains
-        .iter()
-        .filter(|chain| new_chains.get(chain.name.as_str()).is_some_and(|n| n.hook != chain.hook))
-        .map(|chain| chain.name.as_str())
-        .collect();
-    let removed_sets: BTreeSet<&str> =
-        old.sets.iter().map(|s| s.name.as_str()).filter(|name| !new_sets.contains_key(name)).collect();
-    let removed_chains: BTreeSet<&str> =
-        old.chains.iter().map(|c| c.name.as_str()).filter(|name| !new_chains.contains_key(name)).collect();
+    let recreated_chains = old_chains.iter().zip(&new.chains).filter_map(|(was, is)| was.filter(|w| w.hook != is.hook));
+    let gone_chains: BTreeSet<&str> = recreated_chains.clone().map(|c| c.name.as_str()).collect();
+    let removed_sets: BTreeSet<&str> = removed_sets.iter().map(|s| s.name.as_str()).collect();
     let refers_to_gone = |rule: &Rule| {
         rule_sets(rule).any(|s| gone_sets.contains(s)) || rule_chains(rule).any(|c| gone_chains.contains(c))
     };
 
-    for name in gone_chains.union(&removed_chains) {
-        if !old_chains[name].rules.is_empty() {
+    let leaving: BTreeMap<&str, &Chain> =
+        recreated_chains.chain(removed_chains.iter().copied()).map(|c| (c.name.as_str(), c)).collect();
+    for (name, chain) in &leaving {
+        if !chain.rules.is_empty() {
             phases.push(Phase::RemoveRules, Op::FlushChain { family, chain: name.to_string() });
         }
         if gone_chains.contains(name) {
@@ -210,22 +231,21 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     for name in &removed_sets {
         phases.push(Phase::DeleteRemoved, Op::DeleteSet { family, set: name.to_string() });
     }
-    for name in &removed_chains {
+    for name in leaving.keys().filter(|name| !gone_chains.contains(*name)) {
         phases.push(Phase::DeleteRemoved, Op::DeleteChain { family, chain: name.to_string() });
     }
 
-    for set in &new.sets {
-        let recreated = gone_sets.contains(set.name.as_str()) || !old_sets.contains_key(set.name.as_str());
-        if recreated {
+    for (set, old) in new.sets.iter().zip(old_sets) {
+        let old = old.filter(|_| !gone_sets.contains(set.name.as_str()));
+        if old.is_none() {
             phases.push(Phase::AddSetsAndChains, Op::AddSet { family, set: declaration(set) });
         }
         if set.dynamic_timeout.is_some() {
             continue;
         }
-        let old_elements: &[Element] =
-            old_sets.get(set.name.as_str()).filter(|_| !recreated).map_or(&[], |old| &old.elements);
+        let old_elements: &[Element] = old.map_or(&[], |old| &old.elements);
         // An element pointing at a recreated chain must be re-added to point at it.
-        let dangling = |e: &Element| matches!(&e.verdict, Some(Verdict::Jump(c) | Verdict::Goto(c)) if gone_chains.contains(c.as_str()));
+        let dangling = |e: &Element| matches!(e.verdict_data(), Some(Verdict::Jump(c) | Verdict::Goto(c)) if gone_chains.contains(c.as_str()));
         let (was, is) = if gone_chains.is_empty() {
             differing(old_elements, &set.elements)
         } else {
@@ -245,9 +265,8 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
         }
     }
 
-    for chain in &new.chains {
-        let name = chain.name.as_str();
-        let old = old_chains.get(name).filter(|_| !gone_chains.contains(name));
+    for (chain, old) in new.chains.iter().zip(old_chains) {
+        let old = old.filter(|_| !gone_chains.contains(chain.name.as_str()));
         let Some(old) = old else {
             phases.push(Phase::AddSetsAndChains, Op::AddChain { family, chain: chain.name.clone(), hook: chain.hook });
             append_all(family, chain, phases);
@@ -300,7 +319,7 @@ fn rule_sets(rule: &Rule) -> impl Iterator<Item = &str> {
     });
     let from_statements = rule.statements.iter().filter_map(|s| match s {
         Statement::Update { set, .. } => Some(set.as_str()),
-        Statement::Vmap { map, .. } => Some(map.as_str()),
+        Statement::Vmap { map, .. } | Statement::DnatMap { map, .. } => Some(map.as_str()),
         _ => None,
     });
     from_matches.chain(from_statements)

@@ -5,10 +5,12 @@
 //! ranges before DNAT) and dispatches through a few named verdict maps keyed by
 //! `address . protocol . port`. It differs from kube-proxy where the kernel charges
 //! quadratically (see docs/ruleset.md): no anonymous sets or maps at all, and no
-//! per-endpoint chains — a service chain load-balances with plain `numgen` rules
-//! that DNAT directly, and hairpin traffic is recognised once, in postrouting,
-//! through one `address . address` set.
+//! per-endpoint chains — a service chain load-balances with one rule that draws an
+//! endpoint from a shared endpoint map (or, with session affinity, with plain
+//! `numgen` rules that DNAT directly), and hairpin traffic is recognised once, in
+//! postrouting, through one `address . address` set.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use crate::plan::{
@@ -17,8 +19,8 @@ use crate::plan::{
 };
 use crate::policy::Family;
 use crate::ruleset::{
-    AddrField, BaseHook, Chain, ChainKind, Element, Field, Hook, KeyType, Match, Rule, Ruleset, Set, Statement, Table,
-    Value, Verdict, MASQUERADE_MARK, TABLE_NAME,
+    AddrField, BaseHook, Chain, ChainKind, Element, ElementData, Field, Hook, KeyType, MapData, Match, Rule, Ruleset,
+    Set, Statement, Table, Value, Verdict, MASQUERADE_MARK, TABLE_NAME,
 };
 
 /// Named chains and sets of every table.
@@ -40,6 +42,8 @@ pub mod names {
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
     pub const HAIRPIN: &str = "hairpin";
+    /// Endpoint maps are `endpoints-0`, `endpoints-1`, ...
+    pub const ENDPOINTS: &str = "endpoints";
 }
 
 use names::*;
@@ -85,6 +89,77 @@ fn affinity_set(id: &PortId, target: Target) -> String {
     )
 }
 
+/// Where the endpoints of load-balancing chains live: a few shared maps keyed by
+/// the number `numgen` draws, each chain owning a range of keys of one map.
+///
+/// Replacing an endpoint is then an element change, which the kernel commits
+/// without validating the table, as it must for any new `dnat` rule. Several
+/// maps rather than one, because the kernel checks every element of a map for
+/// each rule that binds it, and every binding for each element added: one map
+/// for all chains costs the square of the services. A chain's map and key range
+/// come from a hash of its name, so they do not move when other services come
+/// and go.
+struct EndpointMaps {
+    /// A power of two, chosen from the number of endpoints (about 512 a map).
+    count: u32,
+    /// Key ranges taken, as (map, slot).
+    taken: HashSet<(u32, u32)>,
+    elements: Vec<Vec<Element>>,
+}
+
+/// Keys per slot of an endpoint map; a chain with more endpoints takes several
+/// consecutive slots.
+const SLOT_KEYS: u32 = 1024;
+/// Slots a chain's first slot is hashed into (the search for a free range may go beyond).
+const HASHED_SLOTS: u32 = 1024;
+const ENDPOINTS_PER_MAP: usize = 512;
+
+impl EndpointMaps {
+    fn new(plan: &FamilyPlan) -> Self {
+        let endpoints: usize = plan
+            .ports
+            .iter()
+            .filter(|p| p.session_affinity.is_none())
+            .map(|p| p.endpoints(EndpointSet::Cluster).len() + p.endpoints(EndpointSet::Local).len())
+            .sum();
+        let count = endpoints.div_ceil(ENDPOINTS_PER_MAP).max(1).next_power_of_two() as u32;
+        EndpointMaps { count, taken: HashSet::new(), elements: vec![Vec::new(); count as usize] }
+    }
+
+    /// Places the endpoints of `chain`; returns the map's name and the first key.
+    fn place(&mut self, chain: &str, targets: &[Target]) -> (String, u32) {
+        let hash = xxhash_rust::xxh3::xxh3_64(chain.as_bytes());
+        let map = (hash % u64::from(self.count)) as u32;
+        let slots = (targets.len() as u32).div_ceil(SLOT_KEYS);
+        let mut first = ((hash >> 32) % u64::from(HASHED_SLOTS)) as u32;
+        while (first..first + slots).any(|slot| self.taken.contains(&(map, slot))) {
+            first += 1;
+        }
+        self.taken.extend((first..first + slots).map(|slot| (map, slot)));
+        let offset = first * SLOT_KEYS;
+        self.elements[map as usize].extend(targets.iter().zip(offset..).map(|(t, key)| Element {
+            key: vec![Value::Index(key)],
+            data: Some(ElementData::Endpoint { address: t.address, port: t.port.get() }),
+        }));
+        (format!("{ENDPOINTS}-{map}"), offset)
+    }
+
+    /// The maps that hold endpoints.
+    fn finish(self) -> impl Iterator<Item = Set> {
+        self.elements.into_iter().enumerate().filter(|(_, e)| !e.is_empty()).map(|(i, mut elements)| {
+            elements.sort_unstable();
+            Set {
+                name: format!("{ENDPOINTS}-{i}"),
+                key: vec![KeyType::Numgen],
+                data: Some(MapData::Endpoint),
+                dynamic_timeout: None,
+                comment: None,
+                elements,
+            }
+        })
+    }
+}
+
 /// Accumulates one table's sets and per-service chains; elements are sorted and
 /// deduplicated at the end, so the output is deterministic.
 struct Builder<'a> {
@@ -97,15 +172,16 @@ struct Builder<'a> {
     no_endpoint_nodeports: Vec<Element>,
     hairpin: Vec<Element>,
     affinity_sets: Vec<Set>,
+    endpoint_maps: EndpointMaps,
     service_chains: Vec<Chain>,
 }
 
 fn addr_proto_port(address: IpAddr, id: &PortId, port: u16, verdict: Verdict) -> Element {
-    Element { key: vec![Value::Addr(address), Value::Proto(id.protocol), Value::Port(port)], verdict: Some(verdict) }
+    Element::verdict(vec![Value::Addr(address), Value::Proto(id.protocol), Value::Port(port)], verdict)
 }
 
 fn proto_port(id: &PortId, port: u16, verdict: Verdict) -> Element {
-    Element { key: vec![Value::Proto(id.protocol), Value::Port(port)], verdict: Some(verdict) }
+    Element::verdict(vec![Value::Proto(id.protocol), Value::Port(port)], verdict)
 }
 
 fn refusal_verdict(refusal: Refusal) -> Verdict {
@@ -135,6 +211,7 @@ impl<'a> Builder<'a> {
             no_endpoint_nodeports: Vec::new(),
             hairpin: Vec::new(),
             affinity_sets: Vec::new(),
+            endpoint_maps: EndpointMaps::new(plan),
             service_chains: Vec::new(),
         }
     }
@@ -143,9 +220,9 @@ impl<'a> Builder<'a> {
         let id = &port.id;
         let chains = PortChains::new(id);
         let comment = id.to_string();
-        self.cluster_ips.push(Element { key: vec![Value::Addr(port.cluster_ip)], verdict: None });
+        self.cluster_ips.push(Element::key(vec![Value::Addr(port.cluster_ip)]));
         for address in &port.all_endpoint_addresses {
-            self.hairpin.push(Element { key: vec![Value::Addr(*address), Value::Addr(*address)], verdict: None });
+            self.hairpin.push(Element::key(vec![Value::Addr(*address), Value::Addr(*address)]));
         }
 
         match port.internal {
@@ -233,49 +310,64 @@ impl<'a> Builder<'a> {
         }
 
         let targets = port.endpoints(set);
-        let affinity: Option<Vec<String>> = port.session_affinity.map(|timeout| {
-            targets
-                .iter()
-                .map(|t| {
-                    let name = affinity_set(id, *t);
-                    self.affinity_sets.push(Set {
-                        name: name.clone(),
-                        key: vec![KeyType::addr(self.plan.family)],
-                        verdict_map: false,
-                        dynamic_timeout: Some(timeout),
-                        comment: None,
-                        elements: Vec::new(),
-                    });
-                    name
-                })
-                .collect()
-        });
         let proto = Match::Cmp { field: Field::L4Proto, negate: false, value: Value::Proto(id.protocol) };
-        let dnat = |t: &Target| Statement::Dnat { address: t.address, port: t.port.get() };
-        if let Some(sets) = &affinity {
-            for (target, set) in targets.iter().zip(sets) {
-                let matches =
-                    vec![Match::InSet { key: vec![Field::Saddr], set: set.clone(), negate: false }, proto.clone()];
-                rules.push(Rule::new(matches, vec![dnat(target)]).with_comment(comment));
+        match port.session_affinity {
+            None => {
+                let (map, offset) = self.endpoint_maps.place(name, targets);
+                let dnat = Statement::DnatMap { modulus: targets.len() as u32, offset, map };
+                rules.push(Rule::new(vec![proto], vec![dnat]).with_comment(comment));
             }
+            Some(timeout) => rules.extend(self.affinity_rules(id, targets, timeout, proto, comment)),
         }
-        // A cascade of independent draws: endpoint i is taken with probability
-        // 1/(n-i) when none before it was, which makes every endpoint 1/n.
+        self.service_chains.push(Chain { name: name.into(), hook: None, rules });
+    }
+
+    /// Session affinity: each endpoint remembers its clients in a dynamic set, and
+    /// a client found in one goes straight back. Choosing an endpoint must record
+    /// it in that endpoint's set, so each endpoint has its own rule: a cascade of
+    /// independent draws, where endpoint i is taken with probability 1/(n-i) when
+    /// none before it was, which makes every endpoint 1/n.
+    fn affinity_rules(
+        &mut self,
+        id: &PortId,
+        targets: &[Target],
+        timeout: std::time::Duration,
+        proto: Match,
+        comment: &str,
+    ) -> Vec<Rule> {
+        let sets: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                let name = affinity_set(id, *t);
+                self.affinity_sets.push(Set {
+                    name: name.clone(),
+                    key: vec![KeyType::addr(self.plan.family)],
+                    data: None,
+                    dynamic_timeout: Some(timeout),
+                    comment: None,
+                    elements: Vec::new(),
+                });
+                name
+            })
+            .collect();
+        let dnat = |t: &Target| Statement::Dnat { address: t.address, port: t.port.get() };
+        let mut rules = Vec::new();
+        for (target, set) in targets.iter().zip(&sets) {
+            let matches =
+                vec![Match::InSet { key: vec![Field::Saddr], set: set.clone(), negate: false }, proto.clone()];
+            rules.push(Rule::new(matches, vec![dnat(target)]).with_comment(comment));
+        }
         let n = targets.len();
-        for (i, target) in targets.iter().enumerate() {
+        for (i, (target, set)) in targets.iter().zip(&sets).enumerate() {
             let mut matches = Vec::new();
             if i + 1 < n {
                 matches.push(Match::Numgen { modulus: (n - i) as u32, value: 0 });
             }
             matches.push(proto.clone());
-            let mut statements = Vec::new();
-            if let Some(sets) = &affinity {
-                statements.push(Statement::Update { set: sets[i].clone(), key: vec![Field::Saddr] });
-            }
-            statements.push(dnat(target));
-            rules.push(Rule::new(matches, statements).with_comment(comment));
+            let update = Statement::Update { set: set.clone(), key: vec![Field::Saddr] };
+            rules.push(Rule::new(matches, vec![update, dnat(target)]).with_comment(comment));
         }
-        self.service_chains.push(Chain { name: name.into(), hook: None, rules });
+        rules
     }
 
     fn external_chain(&mut self, chains: &PortChains, external: ExternalChain, comment: &str) {
@@ -322,7 +414,8 @@ impl<'a> Builder<'a> {
         let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, mut elements: Vec<Element>| {
             elements.sort_unstable();
             elements.dedup();
-            Set { name: name.into(), key, verdict_map, dynamic_timeout: None, comment: Some(comment.into()), elements }
+            let data = verdict_map.then_some(MapData::Verdict);
+            Set { name: name.into(), key, data, dynamic_timeout: None, comment: Some(comment.into()), elements }
         };
         let mut sets = vec![
             set(CLUSTER_IPS, vec![addr], false, "every cluster IP", std::mem::take(&mut self.cluster_ips)),
@@ -370,7 +463,7 @@ impl<'a> Builder<'a> {
             ),
         ];
         if let NodePortScope::Addresses(addresses) = &self.plan.node_ports_on {
-            let elements = addresses.iter().map(|a| Element { key: vec![Value::Addr(*a)], verdict: None }).collect();
+            let elements = addresses.iter().map(|a| Element::key(vec![Value::Addr(*a)])).collect();
             sets.insert(1, set(NODEPORT_IPS, vec![addr], false, "addresses accepting node ports", elements));
         }
         self.affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
@@ -378,6 +471,7 @@ impl<'a> Builder<'a> {
         // client keeps its endpoint whichever chain it comes through.
         self.affinity_sets.dedup_by(|a, b| a.name == b.name);
         sets.append(&mut self.affinity_sets);
+        sets.extend(self.endpoint_maps.finish());
 
         let mut chains = base_chains(self.plan);
         self.service_chains.sort_by(|a, b| a.name.cmp(&b.name));

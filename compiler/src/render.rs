@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use crate::policy::Family;
 use crate::ruleset::{
-    AddrField, BaseHook, Chain, ChainKind, Element, Field, Hook, KeyType, Match, Rule, Ruleset, Set, Statement, Table,
-    Value, Verdict,
+    AddrField, BaseHook, Chain, ChainKind, Element, ElementData, Field, Hook, KeyType, MapData, Match, Rule, Ruleset,
+    Set, Statement, Table, Value, Verdict,
 };
 
 /// The whole ruleset as `nft -f` input.
@@ -38,7 +38,7 @@ fn render_table(out: &mut String, table: &Table) -> fmt::Result {
             out.push('\n');
         }
         first = false;
-        render_set(out, set)?;
+        render_set(out, table.family, set)?;
     }
     for chain in &table.chains {
         if !first {
@@ -50,12 +50,19 @@ fn render_table(out: &mut String, table: &Table) -> fmt::Result {
     writeln!(out, "}}")
 }
 
-fn render_set(out: &mut String, set: &Set) -> fmt::Result {
-    let kind = if set.verdict_map { "map" } else { "set" };
+fn render_set(out: &mut String, family: Family, set: &Set) -> fmt::Result {
+    let kind = if set.data.is_some() { "map" } else { "set" };
     writeln!(out, "\t{kind} {} {{", set.name)?;
     let key: Vec<&str> = set.key.iter().map(|k| key_type(*k)).collect();
-    let value = if set.verdict_map { " : verdict" } else { "" };
-    writeln!(out, "\t\ttype {}{value}", key.join(" . "))?;
+    match set.data {
+        None => writeln!(out, "\t\ttype {}", key.join(" . "))?,
+        Some(MapData::Verdict) => writeln!(out, "\t\ttype {} : verdict", key.join(" . "))?,
+        // Declared by example, as nft has no type name for numgen's numbers;
+        // `th dport` is the port of any transport protocol.
+        Some(MapData::Endpoint) => {
+            writeln!(out, "\t\ttypeof numgen random mod 2 : {} daddr . th dport", family_keyword(family))?
+        }
+    }
     if let Some(timeout) = set.dynamic_timeout {
         writeln!(out, "\t\tflags dynamic,timeout")?;
         writeln!(out, "\t\ttimeout {}s", timeout.as_secs())?;
@@ -79,6 +86,7 @@ fn key_type(key: KeyType) -> &'static str {
         KeyType::Ipv6Addr => "ipv6_addr",
         KeyType::InetProto => "inet_proto",
         KeyType::InetService => "inet_service",
+        KeyType::Numgen => "integer",
     }
 }
 
@@ -134,7 +142,7 @@ impl fmt::Display for RuleText<'_> {
     }
 }
 
-/// A set element: `KEY` or `KEY : VERDICT`.
+/// A set element: `KEY`, `KEY : VERDICT` or `KEY : ADDRESS . PORT`.
 pub struct ElementText<'a>(pub &'a Element);
 
 impl fmt::Display for ElementText<'_> {
@@ -144,8 +152,10 @@ impl fmt::Display for ElementText<'_> {
             write!(f, "{sep}{}", ValueText(value))?;
             sep = " . ";
         }
-        if let Some(verdict) = &self.0.verdict {
-            write!(f, " : {}", VerdictText(verdict))?;
+        match &self.0.data {
+            None => {}
+            Some(ElementData::Verdict(verdict)) => write!(f, " : {}", VerdictText(verdict))?,
+            Some(ElementData::Endpoint { address, port }) => write!(f, " : {address} . {port}")?,
         }
         Ok(())
     }
@@ -187,6 +197,7 @@ impl fmt::Display for ValueText<'_> {
             Value::Net(n) => n.fmt(f),
             Value::Proto(p) => p.fmt(f),
             Value::Port(p) => p.fmt(f),
+            Value::Index(i) => i.fmt(f),
         }
     }
 }
@@ -224,6 +235,9 @@ impl fmt::Display for StatementText<'_> {
             Statement::Vmap { key, map } => write!(f, "{} vmap @{map}", KeyText(family, key)),
             Statement::Dnat { address: IpAddr::V4(a), port } => write!(f, "dnat to {a}:{port}"),
             Statement::Dnat { address: IpAddr::V6(a), port } => write!(f, "dnat to [{a}]:{port}"),
+            Statement::DnatMap { modulus, offset, map } => {
+                write!(f, "dnat {} to numgen random mod {modulus} offset {offset} map @{map}", family_keyword(family))
+            }
             Statement::Masquerade => f.write_str("masquerade fully-random"),
             Statement::Reject => f.write_str("reject"),
             Statement::Verdict(v) => VerdictText(v).fmt(f),

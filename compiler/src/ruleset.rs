@@ -87,8 +87,8 @@ pub struct Set {
     pub name: String,
     /// The key's components (a concatenation when more than one).
     pub key: Vec<KeyType>,
-    /// Maps: verdict maps only (our data is always a verdict).
-    pub verdict_map: bool,
+    /// What a map's elements hold; `None` for a set.
+    pub data: Option<MapData>,
     /// Sets filled by the data path (`update`), with this timeout per element.
     pub dynamic_timeout: Option<Duration>,
     pub comment: Option<String>,
@@ -102,6 +102,17 @@ pub enum KeyType {
     Ipv6Addr,
     InetProto,
     InetService,
+    /// A number `numgen` draws (a 32-bit integer in host byte order).
+    Numgen,
+}
+
+/// What the elements of a map hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapData {
+    Verdict,
+    /// An endpoint, `address . port`, that a `dnat … map` rewrites to.
+    Endpoint,
 }
 
 impl KeyType {
@@ -116,8 +127,35 @@ impl KeyType {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Element {
     pub key: Vec<Value>,
+    /// The value of a map element; `None` in a set.
+    pub data: Option<ElementData>,
+}
+
+impl Element {
+    /// A set element.
+    pub fn key(key: Vec<Value>) -> Element {
+        Element { key, data: None }
+    }
+
+    /// A verdict-map element.
+    pub fn verdict(key: Vec<Value>, verdict: Verdict) -> Element {
+        Element { key, data: Some(ElementData::Verdict(verdict)) }
+    }
+
     /// The verdict of a verdict-map element.
-    pub verdict: Option<Verdict>,
+    pub fn verdict_data(&self) -> Option<&Verdict> {
+        match &self.data {
+            Some(ElementData::Verdict(v)) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ElementData {
+    Verdict(Verdict),
+    Endpoint { address: IpAddr, port: u16 },
 }
 
 /// A constant a packet field is compared with, or a set key component.
@@ -129,6 +167,8 @@ pub enum Value {
     Net(IpNet),
     Proto(Protocol),
     Port(u16),
+    /// A number `numgen` draws: the key of an endpoint map.
+    Index(u32),
 }
 
 /// The packet fields our rules read. Addresses are of the table's family.
@@ -194,6 +234,14 @@ pub enum Statement {
     Dnat {
         address: IpAddr,
         port: u16,
+    },
+    /// `dnat to numgen random mod MODULUS offset OFFSET map @MAP`: draws one of
+    /// the keys `OFFSET..OFFSET+MODULUS` and rewrites to that element's endpoint
+    /// (terminal, accepts); a key without element does not match.
+    DnatMap {
+        modulus: u32,
+        offset: u32,
+        map: String,
     },
     /// `masquerade fully-random` (terminal, accepts).
     Masquerade,

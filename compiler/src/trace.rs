@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::policy::{Family, Node, Protocol};
 use crate::render::{RuleText, VerdictText};
 use crate::ruleset::{
-    AddrField, Chain, ChainKind, Element, Field, Hook, Match, Rule, Ruleset, Set, Statement, Table, Value, Verdict,
+    AddrField, Chain, ChainKind, Element, ElementData, Field, Hook, Match, Rule, Ruleset, Set, Statement, Table, Value,
+    Verdict,
 };
 
 /// Why a packet cannot be traced as asked.
@@ -116,7 +117,8 @@ pub struct Step {
     /// The rule as `nft` prints it, comment included.
     pub rule: String,
     pub comment: Option<String>,
-    /// The verdict a map lookup produced, when the rule dispatches through one.
+    /// What a map lookup produced: the verdict of a dispatch, the endpoint of a
+    /// `dnat … map`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lookup: Option<String>,
 }
@@ -403,7 +405,18 @@ impl<'a> Interpreter<'a> {
                 if !applies {
                     continue;
                 }
-                match self.execute(table, chain, hook, rule, &mut state) {
+                let before =
+                    rule.statements.iter().any(|s| matches!(s, Statement::DnatMap { .. })).then(|| state.clone());
+                let mut forks = Vec::new();
+                let next = self.execute(table, chain, hook, rule, &mut state, &mut forks);
+                for fork in forks {
+                    match (fork, &before) {
+                        (Some(dnat), _) => done.push((dnat, Ending::Accepted)),
+                        (None, Some(before)) => work.push((before.clone(), frames.clone())),
+                        (None, None) => {}
+                    }
+                }
+                match next {
                     Next::Continue => {}
                     Next::Accept => {
                         done.push((state, Ending::Accepted));
@@ -431,8 +444,19 @@ impl<'a> Interpreter<'a> {
         done
     }
 
-    /// Runs a rule's statements and records it on the path.
-    fn execute(&self, table: &'a Table, chain: &Chain, hook: Hook, rule: &'a Rule, state: &mut State) -> Next<'a> {
+    /// Runs a rule's statements and records it on the path. A `dnat … map` draws
+    /// one of several keys: `state` takes the last that has an element, and each
+    /// other draw is a fork — the DNATed state, or `None` for a key without
+    /// element, after which the rule did not match.
+    fn execute(
+        &self,
+        table: &'a Table,
+        chain: &Chain,
+        hook: Hook,
+        rule: &'a Rule,
+        state: &mut State,
+        forks: &mut Vec<Option<State>>,
+    ) -> Next<'a> {
         let mut step = Step {
             hook,
             chain: chain.name.clone(),
@@ -454,7 +478,7 @@ impl<'a> Interpreter<'a> {
                 Statement::Vmap { key, map } => {
                     let verdict = self.set(table, map).and_then(|set| {
                         let key = self.key(key, state);
-                        self.tracer.element(table, set, &key).and_then(|e| e.verdict.as_ref())
+                        self.tracer.element(table, set, &key).and_then(Element::verdict_data)
                     });
                     if let Some(verdict) = verdict {
                         effective = true;
@@ -464,9 +488,43 @@ impl<'a> Interpreter<'a> {
                     }
                 }
                 Statement::Dnat { address, port } => {
-                    state.daddr = *address;
-                    state.dport = *port;
-                    state.dnat = Some(SocketAddr::new(*address, *port));
+                    dnat(state, SocketAddr::new(*address, *port));
+                    next = Next::Accept;
+                    break;
+                }
+                Statement::DnatMap { modulus, offset, map } => {
+                    let set = self.set(table, map);
+                    let draws: Vec<Option<SocketAddr>> = (*offset..offset.saturating_add(*modulus))
+                        .map(|key| {
+                            let element = set.and_then(|set| self.tracer.element(table, set, &[Value::Index(key)]));
+                            match element?.data {
+                                Some(ElementData::Endpoint { address, port }) => Some(SocketAddr::new(address, port)),
+                                _ => None,
+                            }
+                        })
+                        .collect();
+                    // The last draw goes on as `state`, so that paths end in key order.
+                    let last = draws.iter().rposition(Option::is_some);
+                    let mut chosen = None;
+                    for (i, draw) in draws.into_iter().enumerate() {
+                        match draw {
+                            Some(target) if Some(i) == last => chosen = Some(target),
+                            Some(target) => {
+                                let mut fork = state.clone();
+                                let mut step = step.clone();
+                                step.lookup = Some(target.to_string());
+                                fork.steps.push(step);
+                                dnat(&mut fork, target);
+                                forks.push(Some(fork));
+                            }
+                            None => forks.push(None),
+                        }
+                    }
+                    let Some(target) = chosen else {
+                        return Next::Continue;
+                    };
+                    step.lookup = Some(target.to_string());
+                    dnat(state, target);
                     next = Next::Accept;
                     break;
                 }
@@ -534,6 +592,12 @@ impl<'a> Interpreter<'a> {
     fn key(&self, fields: &[Field], state: &State) -> Vec<Value> {
         fields.iter().map(|f| self.field(*f, state)).collect()
     }
+}
+
+fn dnat(state: &mut State, target: SocketAddr) {
+    state.daddr = target.ip();
+    state.dport = target.port();
+    state.dnat = Some(target);
 }
 
 fn next_of(verdict: &Verdict) -> Next<'_> {
@@ -687,7 +751,7 @@ mod tests {
     //! The interpreter's mechanics on hand-built tables, independent of lowering.
 
     use super::*;
-    use crate::ruleset::{BaseHook, Element, Set, TABLE_NAME};
+    use crate::ruleset::{BaseHook, MapData, Set, TABLE_NAME};
 
     fn node() -> Node {
         Node {
@@ -800,13 +864,13 @@ mod tests {
         let set = Set {
             name: "m".into(),
             key: Vec::new(),
-            verdict_map: true,
+            data: Some(MapData::Verdict),
             dynamic_timeout: None,
             comment: None,
-            elements: vec![Element {
-                key: vec![Value::Net("10.9.0.0/16".parse().expect("prefix")), Value::Proto(Protocol::Tcp)],
-                verdict: Some(Verdict::Drop),
-            }],
+            elements: vec![Element::verdict(
+                vec![Value::Net("10.9.0.0/16".parse().expect("prefix")), Value::Proto(Protocol::Tcp)],
+                Verdict::Drop,
+            )],
         };
         let dispatch = Statement::Vmap { key: vec![Field::Daddr, Field::L4Proto], map: "m".into() };
         let chains =
@@ -833,5 +897,34 @@ mod tests {
         assert_eq!(parse_destination("10.0.0.1:8080").map(|a| a.port()), Ok(8080));
         assert_eq!(parse_protocol("sctp"), Ok(Protocol::Sctp));
         assert_eq!(parse_protocol("udp"), Ok(Protocol::Udp));
+    }
+
+    #[test]
+    fn a_map_draw_forks_per_key_and_a_key_without_endpoint_falls_through() {
+        let endpoint = |key: u32, address: &str| Element {
+            key: vec![Value::Index(key)],
+            data: Some(ElementData::Endpoint { address: address.parse().expect("address"), port: 8080 }),
+        };
+        let map = Set {
+            name: "endpoints-0".into(),
+            key: vec![crate::ruleset::KeyType::Numgen],
+            data: Some(MapData::Endpoint),
+            dynamic_timeout: None,
+            comment: None,
+            elements: vec![endpoint(7, "10.1.0.7"), endpoint(9, "10.1.0.9")],
+        };
+        let draw = Statement::DnatMap { modulus: 3, offset: 7, map: "endpoints-0".into() };
+        let chains = vec![chain(
+            "nat",
+            Some((ChainKind::Nat, Hook::Prerouting, -100)),
+            vec![rule(vec![], vec![draw], "draw"), rule(vec![], vec![dnat("10.1.0.99", 80)], "after")],
+        )];
+        let t = run(vec![map], chains, "192.0.2.1", "10.2.0.1:80", &TraceOptions::default());
+        let endpoints: Vec<String> =
+            t.paths.iter().map(|p| p.endpoint.expect("every path DNATs").to_string()).collect();
+        // Keys 7 and 9 in key order; key 8 has no element, so its draw reaches the next rule.
+        assert_eq!(endpoints, ["10.1.0.7:8080", "10.1.0.9:8080", "10.1.0.99:80"]);
+        assert_eq!(t.paths[0].path[0].lookup.as_deref(), Some("10.1.0.7:8080"));
+        assert_eq!(comments(&t.paths[2].path), ["after"]);
     }
 }

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use svcnft_compiler::policy::{Family, Protocol};
 use svcnft_compiler::ruleset::{
-    AddrField, BaseHook, Chain, ChainKind, Element, Field, Hook, KeyType, Match, Rule, Set, Statement, Table, Value,
-    Verdict, TABLE_NAME,
+    AddrField, BaseHook, Chain, ChainKind, Element, ElementData, Field, Hook, KeyType, MapData, Match, Rule, Set,
+    Statement, Table, Value, Verdict, TABLE_NAME,
 };
 
 use crate::netlink::{self as nl, CmpOp, CtKey, Data, DynsetOp, Expr, FibResult, MetaKey, PayloadBase, Reg};
@@ -86,6 +86,7 @@ fn value_bytes(value: &Value) -> Vec<u8> {
         Value::Net(n) => addr_bytes(n.network()),
         Value::Proto(p) => vec![p.number()],
         Value::Port(p) => p.to_be_bytes().to_vec(),
+        Value::Index(i) => i.to_ne_bytes().to_vec(),
     }
 }
 
@@ -188,13 +189,14 @@ fn encode_statement(family: Family, s: &Statement, out: &mut Vec<Expr>) {
             let port_reg = Reg::r32(4);
             out.push(Expr::Immediate { dreg: r, data: Data::Value(addr_bytes(*address)) });
             out.push(Expr::Immediate { dreg: port_reg, data: Data::Value(port.to_be_bytes().to_vec()) });
-            out.push(Expr::Nat {
-                kind: nl::NatKind::Dnat,
-                family: nl_family(family),
-                addr: Some(r),
-                port: Some(port_reg),
-                flags: 0,
-            });
+            out.push(dnat(family, r, port_reg));
+        }
+        Statement::DnatMap { modulus, offset, map } => {
+            // The drawn key, then the endpoint it maps to: address and port in
+            // consecutive registers, as nft lays out concatenated map data.
+            out.push(Expr::Numgen { dreg: r, random: true, modulus: *modulus, offset: *offset });
+            out.push(Expr::Lookup { set: map.clone(), sreg: r, dreg: Some(r), invert: false });
+            out.push(dnat(family, r, Reg::r32(addr_len(family).div_ceil(4))));
         }
         Statement::Masquerade => out.push(Expr::Masq { flags: nl::nat_flags::PROTO_RANDOM_FULLY }),
         Statement::Reject => out.push(Expr::Reject(nl::RejectKind::IcmpUnreach(match family {
@@ -205,6 +207,11 @@ fn encode_statement(family: Family, s: &Statement, out: &mut Vec<Expr>) {
             out.push(Expr::Immediate { dreg: Reg::VERDICT, data: Data::Verdict(encode_verdict(v)) })
         }
     }
+}
+
+/// DNAT to the address in `addr` and the port in `port`.
+fn dnat(family: Family, addr: Reg, port: Reg) -> Expr {
+    Expr::Nat { kind: nl::NatKind::Dnat, family: nl_family(family), addr: Some(addr), port: Some(port), flags: 0 }
 }
 
 /// A rule of `chain` as kernel expressions.
@@ -246,22 +253,37 @@ fn nl_key_type(k: KeyType) -> nl::KeyType {
         KeyType::Ipv6Addr => nl::KeyType::Ipv6Addr,
         KeyType::InetProto => nl::KeyType::InetProto,
         KeyType::InetService => nl::KeyType::InetService,
+        KeyType::Numgen => nl::KeyType::Integer,
     }
 }
 
+/// The kernel's data type of an endpoint map: `address . port` of `family`.
+fn endpoint_data(family: Family) -> Vec<nl::KeyType> {
+    vec![nl_key_type(KeyType::addr(family)), nl::KeyType::InetService]
+}
+
 /// A set's declaration (no elements).
-pub fn encode_set(set: &Set) -> nl::Set {
+pub fn encode_set(family: Family, set: &Set) -> nl::Set {
     let dynamic = set.dynamic_timeout.is_some();
+    let (data, typeof_description) = match set.data {
+        None => (None, None),
+        Some(MapData::Verdict) => (Some(nl::SetData::Verdict), None),
+        Some(MapData::Endpoint) => (
+            Some(nl::SetData::Value(endpoint_data(family))),
+            Some(nl::numgen_to_address_port_typeof(nl_key_type(KeyType::addr(family)))),
+        ),
+    };
     nl::Set {
         name: set.name.clone(),
         key: set.key.iter().map(|k| nl_key_type(*k)).collect(),
-        data: set.verdict_map.then_some(nl::SetData::Verdict),
+        data,
         flags: nl::SetFlags { timeout: dynamic, dynamic, ..nl::SetFlags::default() },
         // No size, as nft sends none: with a size of 65535 the kernel allocated and
         // zeroed a 1 MiB hash table per affinity set (14 GiB for 10k services) and
         // capped it at that many clients; without one it starts small and grows.
         size: None,
         timeout: set.dynamic_timeout,
+        typeof_description,
         comment: set.comment.clone(),
     }
 }
@@ -274,8 +296,12 @@ pub fn encode_element(set: &Set, element: &Element) -> nl::Element {
         nl::concat(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
     };
     debug_assert_eq!(element.key.len(), set.key.len());
-    match &element.verdict {
-        Some(v) => nl::Element::with_data(key, Data::Verdict(encode_verdict(v))),
+    match &element.data {
+        Some(ElementData::Verdict(v)) => nl::Element::with_data(key, Data::Verdict(encode_verdict(v))),
+        Some(ElementData::Endpoint { address, port }) => {
+            let data = nl::concat(&[&addr_bytes(*address), &port.to_be_bytes()]);
+            nl::Element::with_data(key, Data::Value(data))
+        }
         None => nl::Element::new(key),
     }
 }
@@ -340,23 +366,24 @@ fn decode_set(family: Family, set: &nl::Set, elements: &[nl::Element]) -> Set {
             nl::KeyType::Ipv6Addr => Some(KeyType::Ipv6Addr),
             nl::KeyType::InetProto => Some(KeyType::InetProto),
             nl::KeyType::InetService => Some(KeyType::InetService),
+            nl::KeyType::Integer => Some(KeyType::Numgen),
             nl::KeyType::Mark => None,
         })
         .collect();
+    let data = match &set.data {
+        None => None,
+        Some(nl::SetData::Verdict) => Some(MapData::Verdict),
+        Some(nl::SetData::Value(types)) if *types == endpoint_data(family) => Some(MapData::Endpoint),
+        // Not a map we write: declared so, the diff recreates it.
+        Some(nl::SetData::Value(_)) => Some(MapData::Verdict),
+    };
     let dynamic_timeout = if set.flags.dynamic { set.timeout } else { None };
     let elements = if dynamic_timeout.is_some() {
         Vec::new()
     } else {
         elements.iter().filter_map(|e| decode_element(family, &key, e)).collect()
     };
-    Set {
-        name: set.name.clone(),
-        key,
-        verdict_map: set.data == Some(nl::SetData::Verdict),
-        dynamic_timeout,
-        comment: set.comment.clone(),
-        elements,
-    }
+    Set { name: set.name.clone(), key, data, dynamic_timeout, comment: set.comment.clone(), elements }
 }
 
 fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<Element> {
@@ -369,22 +396,29 @@ fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<El
             KeyType::Ipv6Addr => 16,
             KeyType::InetProto => 1,
             KeyType::InetService => 2,
+            KeyType::Numgen => 4,
         };
         let field = bytes.get(..len)?;
         values.push(match k {
             KeyType::Ipv4Addr | KeyType::Ipv6Addr => Value::Addr(bytes_addr(family, field)?),
             KeyType::InetProto => Value::Proto(protocol(field[0])?),
             KeyType::InetService => Value::Port(u16::from_be_bytes([field[0], field[1]])),
+            KeyType::Numgen => Value::Index(u32::from_ne_bytes(field.try_into().ok()?)),
         });
         let step = if concatenated { len.next_multiple_of(4) } else { len };
         bytes = bytes.get(step.min(bytes.len())..)?;
     }
-    let verdict = match &e.data {
-        Some(Data::Verdict(v)) => Some(decode_verdict(v)?),
-        Some(Data::Value(_)) => return None,
+    let data = match &e.data {
+        Some(Data::Verdict(v)) => Some(ElementData::Verdict(decode_verdict(v)?)),
+        Some(Data::Value(bytes)) => {
+            let len = addr_len(family) as usize;
+            let port = bytes.get(len..len + 2)?;
+            let address = bytes_addr(family, bytes.get(..len)?)?;
+            Some(ElementData::Endpoint { address, port: u16::from_be_bytes([port[0], port[1]]) })
+        }
         None => None,
     };
-    Some(Element { key: values, verdict })
+    Some(Element { key: values, data })
 }
 
 fn protocol(n: u8) -> Option<Protocol> {
@@ -435,7 +469,8 @@ enum Loaded {
     CtStatus,
     Mark,
     Fib(AddrField),
-    Numgen(u32),
+    /// A draw: modulus and offset.
+    Numgen(u32, u32),
 }
 
 struct RuleDecoder<'a> {
@@ -482,7 +517,7 @@ impl<'a> RuleDecoder<'a> {
                     return None;
                 }
             }
-            Expr::Numgen { random: true, modulus, offset: 0, .. } => Loaded::Numgen(*modulus),
+            Expr::Numgen { random: true, modulus, offset, .. } => Loaded::Numgen(*modulus, *offset),
             _ => return None,
         })
     }
@@ -539,6 +574,11 @@ impl<'a> RuleDecoder<'a> {
             Expr::Lookup { set, dreg: Some(d), .. } if d == Reg::VERDICT => {
                 statements.push(Statement::Vmap { key: Self::fields(key)?, map: set })
             }
+            Expr::Lookup { set, dreg: Some(_), .. } => {
+                let [Loaded::Numgen(modulus, offset)] = *key else { return None };
+                let Some(Expr::Nat { kind: nl::NatKind::Dnat, .. }) = self.next() else { return None };
+                statements.push(Statement::DnatMap { modulus, offset, map: set })
+            }
             Expr::Dynset { op: DynsetOp::Update, set, .. } => {
                 statements.push(Statement::Update { set, key: Self::fields(key)? })
             }
@@ -578,7 +618,7 @@ impl<'a> RuleDecoder<'a> {
             }
             (Loaded::Mark, CmpOp::Eq) if word() == Some(0) => Match::MarkClear(mask_word()?),
             (Loaded::Fib(dir), CmpOp::Eq) if word() == Some(RTN_LOCAL) && mask.is_none() => Match::FibLocal(dir),
-            (Loaded::Numgen(modulus), CmpOp::Eq) if mask.is_none() => Match::Numgen { modulus, value: word()? },
+            (Loaded::Numgen(modulus, 0), CmpOp::Eq) if mask.is_none() => Match::Numgen { modulus, value: word()? },
             (Loaded::Field(field, len), CmpOp::Eq | CmpOp::Neq) => {
                 let negate = op == CmpOp::Neq;
                 let value = match field {

@@ -200,6 +200,7 @@ fn aff_set(key: KeyType) -> Set {
         flags: SetFlags { dynamic: true, timeout: true, ..SetFlags::default() },
         size: Some(65535),
         timeout: Some(Duration::from_secs(3 * 3600)),
+        typeof_description: None,
         comment: None,
     }
 }
@@ -212,6 +213,7 @@ fn plain_set(name: &str, key: KeyType) -> Set {
         flags: SetFlags::default(),
         size: None,
         timeout: None,
+        typeof_description: None,
         comment: None,
     }
 }
@@ -224,6 +226,7 @@ fn svc_map(addr: KeyType, comment: Option<&str>) -> Set {
         flags: SetFlags::default(),
         size: None,
         timeout: None,
+        typeof_description: None,
         comment: comment.map(Into::into),
     }
 }

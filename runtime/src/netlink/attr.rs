@@ -133,6 +133,20 @@ pub(crate) mod udata {
         None
     }
 
+    /// The records of the given types, as they are (type, length, value).
+    pub(crate) fn records(data: &[u8], types: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = data;
+        while let [ty, len, ..] = *rest {
+            let Some(record) = rest.get(..2 + usize::from(len)) else { break };
+            if types.contains(&ty) {
+                out.extend_from_slice(record);
+            }
+            rest = &rest[record.len()..];
+        }
+        out
+    }
+
     pub(crate) fn get_comment(data: &[u8], want: u8) -> Option<String> {
         let v = get(data, want)?;
         let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());

@@ -289,6 +289,9 @@ const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
 const UDATA_SET_KEYBYTEORDER: u8 = 0;
 const UDATA_SET_DATABYTEORDER: u8 = 1;
+const UDATA_SET_KEY_TYPEOF: u8 = 3;
+const UDATA_SET_DATA_TYPEOF: u8 = 4;
+const UDATA_SET_DATA_INTERVAL: u8 = 6;
 const UDATA_SET_COMMENT: u8 = 7;
 
 /// nft records one byte order per key; a concatenation has none (0), as
@@ -356,6 +359,9 @@ pub(crate) fn encode_set(w: &mut Writer, table: &str, s: &Set, id: u32) {
     if let Some(SetData::Value(types)) = &s.data {
         udata::put(&mut ud, UDATA_SET_DATABYTEORDER, &byteorder(types).to_ne_bytes());
     }
+    if let Some(description) = &s.typeof_description {
+        ud.extend_from_slice(description);
+    }
     if let Some(c) = &s.comment {
         udata::put_comment(&mut ud, UDATA_SET_COMMENT, c);
     }
@@ -364,8 +370,8 @@ pub(crate) fn encode_set(w: &mut Writer, table: &str, s: &Set, id: u32) {
 
 pub(crate) fn decode_set(attrs: &[u8]) -> Result<(String, Set), Error> {
     let mut table = String::new();
-    let (mut name, mut flags, mut key, mut data, mut size, mut timeout, mut comment) =
-        (None, 0, None, None, None, None, None);
+    let (mut name, mut flags, mut key, mut data, mut size, mut timeout, mut comment, mut typeof_description) =
+        (None, 0, None, None, None, None, None, None);
     for a in Attrs::new(attrs) {
         match a? {
             (1, v) => table = attr::string(v)?,
@@ -394,7 +400,12 @@ pub(crate) fn decode_set(attrs: &[u8]) -> Result<(String, Set), Error> {
                 }
             }
             (11, v) => timeout = Some(Duration::from_millis(attr::be64(v)?)),
-            (13, v) => comment = udata::get_comment(v, UDATA_SET_COMMENT),
+            (13, v) => {
+                comment = udata::get_comment(v, UDATA_SET_COMMENT);
+                let description =
+                    udata::records(v, &[UDATA_SET_KEY_TYPEOF, UDATA_SET_DATA_TYPEOF, UDATA_SET_DATA_INTERVAL]);
+                typeof_description = (!description.is_empty()).then_some(description);
+            }
             _ => {}
         }
     }
@@ -410,6 +421,7 @@ pub(crate) fn decode_set(attrs: &[u8]) -> Result<(String, Set), Error> {
         },
         size,
         timeout: timeout.filter(|t| !t.is_zero()),
+        typeof_description,
         comment,
     };
     Ok((table, set))

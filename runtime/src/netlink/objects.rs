@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::attr::udata;
 use super::expr::Expr;
 
 /// Address family of a table; svcnft uses one table per family.
@@ -71,6 +72,8 @@ pub enum KeyType {
     InetProto,
     InetService,
     Mark,
+    /// nft's plain `integer` (4 bytes, host byte order), e.g. what `numgen` draws.
+    Integer,
 }
 
 /// nft's TYPE_BITS: concatenated type ids are packed 6 bits per component.
@@ -86,13 +89,21 @@ impl KeyType {
             KeyType::InetProto => 12,
             KeyType::InetService => 13,
             KeyType::Mark => 19,
+            KeyType::Integer => 4,
         }
     }
 
     pub(crate) fn from_id(id: u32) -> Option<Self> {
-        [KeyType::Ipv4Addr, KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService, KeyType::Mark]
-            .into_iter()
-            .find(|t| t.id() == id)
+        [
+            KeyType::Ipv4Addr,
+            KeyType::Ipv6Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Mark,
+            KeyType::Integer,
+        ]
+        .into_iter()
+        .find(|t| t.id() == id)
     }
 
     /// Length in bytes of one value, before register padding.
@@ -102,13 +113,13 @@ impl KeyType {
             KeyType::Ipv6Addr => 16,
             KeyType::InetProto => 1,
             KeyType::InetService => 2,
-            KeyType::Mark => 4,
+            KeyType::Mark | KeyType::Integer => 4,
         }
     }
 
     pub(crate) fn byteorder(self) -> u32 {
         match self {
-            KeyType::Mark => BYTEORDER_HOST,
+            KeyType::Mark | KeyType::Integer => BYTEORDER_HOST,
             _ => BYTEORDER_BIG,
         }
     }
@@ -133,6 +144,43 @@ impl KeyType {
         out.reverse();
         (!out.is_empty()).then_some(out)
     }
+}
+
+/// nft's description of `typeof numgen random mod 2 : ADDR daddr . th dport`
+/// (a map from a drawn number to an address and port of `addr`'s family), as
+/// nft 1.0.6 writes it: each expression as libnftnl's expression id and the
+/// expression's own records.
+pub fn numgen_to_address_port_typeof(addr: KeyType) -> Vec<u8> {
+    const EXPR_PAYLOAD: u32 = 7;
+    const EXPR_CONCAT: u32 = 13;
+    const EXPR_NUMGEN: u32 = 23;
+    const NUMGEN_RANDOM: u32 = 1;
+    // nft's protocol descriptions and their header fields.
+    const PROTO_IP: u32 = 12;
+    const IP_DADDR: u32 = 12;
+    const PROTO_IP6: u32 = 13;
+    const IP6_DADDR: u32 = 9;
+    const PROTO_TH: u32 = 11;
+    const TH_DPORT: u32 = 2;
+
+    let record = |ty: u8, value: &[u8]| {
+        let mut out = Vec::new();
+        udata::put(&mut out, ty, value);
+        out
+    };
+    let word = |v: u32| v.to_ne_bytes();
+    let expr = |id: u32, records: Vec<u8>| [record(0, &word(id)), record(1, &records)].concat();
+    let payload =
+        |proto: u32, field: u32| expr(EXPR_PAYLOAD, [record(0, &word(proto)), record(1, &word(field))].concat());
+    let numgen =
+        expr(EXPR_NUMGEN, [record(0, &word(NUMGEN_RANDOM)), record(1, &word(2)), record(2, &word(0))].concat());
+    let address = match addr {
+        KeyType::Ipv6Addr => payload(PROTO_IP6, IP6_DADDR),
+        _ => payload(PROTO_IP, IP_DADDR),
+    };
+    let data = expr(EXPR_CONCAT, [record(0, &address), record(1, &payload(PROTO_TH, TH_DPORT))].concat());
+    // Records 3 and 4 describe key and data; 6 says the data are no intervals.
+    [record(3, &numgen), record(4, &data), record(6, &word(0))].concat()
 }
 
 /// Concatenates key components as the kernel lays them out in registers:
@@ -172,6 +220,10 @@ pub struct Set {
     /// Maximum element count; nft gives dynamic sets 65535 by default.
     pub size: Option<u32>,
     pub timeout: Option<Duration>,
+    /// nft's description of a `typeof` declaration (its userdata records for
+    /// the key's and data's expressions), kept by the kernel as opaque bytes:
+    /// `nft list` needs it to print a key whose type nft has no name for.
+    pub typeof_description: Option<Vec<u8>>,
     pub comment: Option<String>,
 }
 
@@ -238,5 +290,22 @@ mod tests {
     #[test]
     fn concat_pads_components_to_registers() {
         assert_eq!(concat(&[&[10, 0, 0, 1], &[6], &[0, 80]]), [10, 0, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        text.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+    }
+
+    /// The userdata nft 1.0.6 sends for `typeof numgen random mod 2 : ip daddr . th dport`
+    /// (and `ip6 daddr`), from `nft --debug=mnl`, after the two byte-order records.
+    #[test]
+    fn numgen_typeof_is_what_nft_writes() {
+        let common = "03 1a 00 04 17 00 00 00 01 12 00 04 01 00 00 00 01 04 02 00 00 00 02 04 00 00 00 00 \
+                      04 34 00 04 0d 00 00 00 01 2c 00 14 00 04 07 00 00 00 01 0c";
+        let tail = "01 14 00 04 07 00 00 00 01 0c 00 04 0b 00 00 00 01 04 02 00 00 00 06 04 00 00 00 00";
+        let ip = hex(&format!("{common} 00 04 0c 00 00 00 01 04 0c 00 00 00 {tail}"));
+        let ip6 = hex(&format!("{common} 00 04 0d 00 00 00 01 04 09 00 00 00 {tail}"));
+        assert_eq!(numgen_to_address_port_typeof(KeyType::Ipv4Addr), ip);
+        assert_eq!(numgen_to_address_port_typeof(KeyType::Ipv6Addr), ip6);
     }
 }
