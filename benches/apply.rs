@@ -6,7 +6,8 @@
 //! - read-back of our tables (`Applier::reread`: list and decode).
 //!
 //! Needs root, `ip` and `nft`. Run: `cargo bench --bench apply`
-//! (`SVCNFT_SIZES=100,1000,10000`, `SVCNFT_ROUNDS=20`).
+//! (`SVCNFT_SIZES=100,1000,10000`, `SVCNFT_ROUNDS=20`; `SVCNFT_AFFINITY_EVERY=1`
+//! gives the moved endpoint's service session affinity).
 
 use std::time::{Duration, Instant};
 
@@ -41,16 +42,19 @@ fn main() {
         .map(|s| s.trim().parse().expect("SVCNFT_SIZES: numbers"))
         .collect();
     let rounds: u32 = std::env::var("SVCNFT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+    // 1: the moved endpoint's service has session affinity (its rules change).
+    let affinity_every: usize =
+        std::env::var("SVCNFT_AFFINITY_EVERY").ok().and_then(|r| r.parse().ok()).unwrap_or(Shape::LARGE.affinity_every);
     println!("one endpoint changed ({rounds} changes, median) and read-back, 10 endpoints per service, 50 nodes");
     println!(
         "{:>9} {:>9} {:>11} {:>8} {:>16} {:>9} {:>13}",
         "services", "messages", "operations", "diff ms", "diff+commit ms", "apply ms", "read-back ms"
     );
     for services in sizes {
-        let shape = Shape { services, ..Shape::LARGE };
+        let shape = Shape { services, affinity_every, ..Shape::LARGE };
         let ns = TestNs::new().expect("a namespace");
         let mut applier = ns.run(Applier::open).expect("enter the namespace").expect("open nf_tables");
-        applier.apply(&compile(&policy_text(shape, 0))).expect("cold apply");
+        applier.apply(compile(&policy_text(shape, 0))).expect("cold apply");
         let (mut diff, mut commit, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         let (mut messages, mut operations) = (Vec::new(), Vec::new());
         let mut desired = Ruleset::default();
@@ -61,7 +65,7 @@ fn main() {
             std::hint::black_box(applier.plan(&desired));
             diff.push(start.elapsed());
             let start = Instant::now();
-            let report = applier.apply(&desired).expect("the kernel takes the change");
+            let report = applier.apply(desired.clone()).expect("the kernel takes the change");
             whole.push(start.elapsed());
             commit.push(report.elapsed);
             messages.push(report.messages);

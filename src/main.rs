@@ -280,7 +280,7 @@ fn apply(paths: &[PathBuf], node: &str, dry_run: bool) -> u8 {
         }
         return exit::OK;
     }
-    match applier.apply(&ruleset) {
+    match applier.apply(ruleset) {
         Ok(report) => {
             println!("{}", summary(&report));
             exit::OK

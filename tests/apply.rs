@@ -143,17 +143,17 @@ fn every_example_and_node_lists_as_nft_loads_it_and_reapplies_as_a_no_op() {
             let desired = compile(&policy, &node.name);
             let ns = ns();
             let mut applier = open(&ns);
-            let report = applier.apply(&desired).expect("apply");
+            let report = applier.apply(desired.clone()).expect("apply");
             assert!(report.operations > 0, "{what}");
             assert_eq!(listing(&ns), oracle(&desired), "{what}: the kernel lists something else");
-            assert_eq!(applier.apply(&desired).unwrap().operations, 0, "{what}: re-apply sent something");
+            assert_eq!(applier.apply(desired.clone()).unwrap().operations, 0, "{what}: re-apply sent something");
             let mut adopted = open(&ns);
             assert_eq!(
                 canonical(adopted.committed()),
                 canonical(&desired),
                 "{what}: read-back differs from the desired ruleset"
             );
-            assert_eq!(adopted.apply(&desired).unwrap().operations, 0, "{what}: re-apply after adopting");
+            assert_eq!(adopted.apply(desired.clone()).unwrap().operations, 0, "{what}: re-apply after adopting");
             adopted.reread().unwrap();
             assert_eq!(canonical(adopted.committed()), canonical(&desired), "{what}: reread");
         }
@@ -177,8 +177,8 @@ fn applying_a_then_b_equals_b_fresh() {
         let ns = ns();
         let mut applier = open(&ns);
         for (b, second) in &rulesets {
-            applier.apply(first).unwrap_or_else(|e| panic!("{a}: {e}"));
-            applier.apply(second).unwrap_or_else(|e| panic!("{a} then {b}: {e}"));
+            applier.apply(first.clone()).unwrap_or_else(|e| panic!("{a}: {e}"));
+            applier.apply(second.clone()).unwrap_or_else(|e| panic!("{a} then {b}: {e}"));
             assert_eq!(listing(&ns), fresh[b.as_str()], "{a} then {b}");
             applier.reread().unwrap();
             assert_eq!(canonical(applier.committed()), canonical(second), "{a} then {b}: read-back");
@@ -205,22 +205,22 @@ fn a_rejected_batch_changes_nothing_and_names_the_operation() {
     ns.nft(&["-f", "-"], Some(OTHERS)).unwrap();
     let mut applier = open(&ns);
     let before = compile(&lab, "node-1");
-    applier.apply(&before).unwrap();
+    applier.apply(before.clone()).unwrap();
     let listed = raw_listing(&ns);
     for (what, desired) in [
         ("a jump to a missing chain", with_dangling_jump(&before)),
         ("a jump to a missing chain among many changes", with_dangling_jump(&compile(&other, "node-1"))),
     ] {
-        match applier.apply(&desired) {
+        match applier.apply(desired.clone()) {
             Err(ApplyError::Rejected { op, .. }) => assert!(op.contains("rule"), "{what}: names {op}"),
             other => panic!("{what}: expected a rejection, got {other:?}"),
         }
         assert_eq!(raw_listing(&ns), listed, "{what}: the kernel changed");
         assert_eq!(applier.committed(), &before, "{what}: the applier forgot what is committed");
     }
-    let message = applier.apply(&with_dangling_jump(&before)).unwrap_err().to_string();
+    let message = applier.apply(with_dangling_jump(&before)).unwrap_err().to_string();
     assert!(message.contains("add rule ip svcnft") && message.contains("jump no-such-chain"), "{message}");
-    assert_eq!(applier.apply(&before).unwrap().operations, 0);
+    assert_eq!(applier.apply(before.clone()).unwrap().operations, 0);
 }
 
 #[test]
@@ -234,14 +234,14 @@ fn a_generation_race_is_retried_and_ends_correct() {
     let mut applier = open(&ns);
     ns.nft(&["add", "table", "ip", "other"], None).unwrap();
     ns.nft(&["add", "chain", "ip", "other", "c"], None).unwrap();
-    let report = applier.apply(&desired).unwrap();
+    let report = applier.apply(desired.clone()).unwrap();
     assert!(report.retries >= 1, "{report:?}");
     assert_eq!(listing(&ns), canonical_listing("table ip other {\n\tchain c {\n\t}\n}\n") + &oracle(&desired));
     // A later change, raced again, still ends correct.
     let other = example("dual-stack");
     let next = compile(&other, "node-1");
     ns.nft(&["add", "rule", "ip", "other", "c", "counter"], None).unwrap();
-    assert!(applier.apply(&next).unwrap().retries >= 1);
+    assert!(applier.apply(next.clone()).unwrap().retries >= 1);
     applier.reread().unwrap();
     assert_eq!(canonical(applier.committed()), canonical(&next));
     assert!(ns.nft(&["list", "table", "ip", "other"], None).unwrap().contains("counter"));
@@ -367,8 +367,8 @@ fn one_endpoint_change_is_a_handful_of_messages() {
     let [before, after] = [0, 1].map(|revision| compile(&check(&policy_text(shape, revision)), "node-0"));
     let ns = ns();
     let mut applier = open(&ns);
-    applier.apply(&before).unwrap();
-    let report: ApplyReport = applier.apply(&after).unwrap();
+    applier.apply(before.clone()).unwrap();
+    let report: ApplyReport = applier.apply(after.clone()).unwrap();
     assert!(report.operations > 0 && report.messages <= 10, "{report:?}");
     applier.reread().unwrap();
     assert_eq!(canonical(applier.committed()), canonical(&after));
@@ -515,11 +515,11 @@ proptest::proptest! {
         let [first, second] = [&a, &b].map(|text| compile(&check(text), "node-1"));
         let ns = ns();
         let mut applier = open(&ns);
-        applier.apply(&first).unwrap();
-        applier.apply(&second).unwrap();
+        applier.apply(first.clone()).unwrap();
+        applier.apply(second.clone()).unwrap();
         proptest::prop_assert_eq!(listing(&ns), oracle(&second), "A:\n{}\nB:\n{}", a, b);
         applier.reread().unwrap();
         proptest::prop_assert_eq!(canonical(applier.committed()), canonical(&second));
-        proptest::prop_assert_eq!(applier.apply(&second).unwrap().operations, 0);
+        proptest::prop_assert_eq!(applier.apply(second.clone()).unwrap().operations, 0);
     }
 }

@@ -26,7 +26,8 @@ const NODE_PORT_COUNT: usize = 2768;
 /// Policy text for a cluster of `shape`: every fifth service a NodePort (while
 /// node ports last), every `affinity_every`-th (by default seventh) with session affinity, endpoints spread
 /// round-robin over the nodes. `revision` readdresses the first endpoint of
-/// service 0, so that two revisions differ by exactly one endpoint.
+/// service 1 (a ClusterIP service, without session affinity unless every
+/// service has it), so that two revisions differ by exactly one endpoint.
 pub fn policy_text(shape: Shape, revision: u32) -> String {
     assert!(shape.nodes >= 1 && shape.nodes <= 100, "pod CIDRs are carved from 10.128.0.0/9");
     let mut out = String::with_capacity(shape.services * (200 + 40 * shape.endpoints_per_service));
@@ -55,8 +56,11 @@ pub fn policy_text(shape: Shape, revision: u32) -> String {
             let i = s * shape.endpoints_per_service + e;
             let node = i % shape.nodes;
             let k = i / shape.nodes;
-            let (third, fourth) =
-                if i == 0 && revision > 0 { (255, revision as usize % 250 + 2) } else { (k / 250, k % 250 + 2) };
+            let (third, fourth) = if s == 1 && e == 0 && revision > 0 {
+                (255, revision as usize % 250 + 2)
+            } else {
+                (k / 250, k % 250 + 2)
+            };
             writeln!(out, "    endpoint 10.{}.{third}.{fourth} node node-{node}", 128 + node).unwrap();
         }
         out.push_str("}\n");

@@ -266,7 +266,7 @@ impl Lab {
     pub fn apply_policy(&self, node: &str, policy: &[PathBuf]) -> Result<ApplyReport, Error> {
         let (_, ruleset) = compile(policy, node)?;
         let ns = &self.node(node)?.ns;
-        Ok(in_namespace(ns, || Applier::open().and_then(|mut applier| applier.apply(&ruleset)))??)
+        Ok(in_namespace(ns, move || Applier::open().and_then(|mut applier| applier.apply(ruleset)))??)
     }
 
     /// Applies `policy` to every node, each compiled for itself.

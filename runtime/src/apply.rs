@@ -2,10 +2,12 @@
 //! commit checked against the generation the diff was computed from.
 //!
 //! The [`Applier`] keeps the committed state (our tables and their rule handles)
-//! in memory, so a sync reads nothing back from the kernel except the handles of
-//! the rules it just added. It touches only the tables named `svcnft`.
+//! in memory, so a sync reads nothing back from the kernel; the handles of rules
+//! it added are learned, one chain at a time, when a later change needs them.
+//! It touches only the tables named `svcnft`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use svcnft_compiler::diff::{diff, Op, Transaction};
@@ -17,8 +19,6 @@ use crate::netlink::{self as nl, Batch, Conn};
 
 /// Attempts at a commit when others change the ruleset between our read and send.
 const ATTEMPTS: usize = 5;
-/// Above this many changed chains, refreshing handles reads the whole table.
-const CHAINS_READ_ONE_BY_ONE: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -54,15 +54,16 @@ pub struct ApplyReport {
     pub messages: usize,
     /// Commits refused because another writer changed the ruleset first.
     pub retries: usize,
-    /// Diff, encoding and commit; not the refresh of rule handles after it.
+    /// Diff, encoding (with any rule handles it had to learn) and commit.
     pub elapsed: Duration,
 }
 
-/// Our tables as committed: the model and the kernel handle of every rule.
+/// Our tables as committed: the model and the kernel handles of the rules of
+/// every chain not changed since they were read.
 #[derive(Debug, Clone, Default)]
 struct Committed {
-    ruleset: Ruleset,
-    handles: BTreeMap<(Family, String), Vec<u64>>,
+    ruleset: Arc<Ruleset>,
+    handles: HashMap<(Family, String), Vec<u64>>,
     generation: u32,
 }
 
@@ -90,6 +91,7 @@ impl Applier {
     /// Reads our tables back from the kernel, replacing what we believed.
     pub fn reread(&mut self) -> Result<(), ApplyError> {
         let mut committed = Committed::default();
+        let mut ruleset = Ruleset::default();
         for family in Family::ALL {
             if let Some(state) = self.conn.read_table_config(nl_family(family), TABLE_NAME)? {
                 committed.generation = committed.generation.max(state.generation);
@@ -97,12 +99,13 @@ impl Applier {
                 for (chain, handles) in decoded.handles {
                     committed.handles.insert((family, chain), handles);
                 }
-                committed.ruleset.tables.push(decoded.table);
+                ruleset.tables.push(decoded.table);
             }
         }
-        if committed.ruleset.tables.is_empty() {
+        if ruleset.tables.is_empty() {
             committed.generation = self.conn.generation()?;
         }
+        committed.ruleset = Arc::new(ruleset);
         self.committed = committed;
         Ok(())
     }
@@ -119,22 +122,27 @@ impl Applier {
 
     /// Makes the kernel hold `desired`: the difference, in one atomic batch. When
     /// another writer got in between, reads the tables again and recomputes.
-    pub fn apply(&mut self, desired: &Ruleset) -> Result<ApplyReport, ApplyError> {
+    /// The applier keeps `desired` as the committed state (shared, not copied).
+    pub fn apply(&mut self, desired: impl Into<Arc<Ruleset>>) -> Result<ApplyReport, ApplyError> {
+        let desired = desired.into();
         let started = Instant::now();
         let mut retries = 0;
         loop {
-            let transaction = self.plan(desired);
+            let transaction = self.plan(&desired);
             if transaction.is_empty() {
                 return Ok(ApplyReport { operations: 0, messages: 0, retries, elapsed: started.elapsed() });
             }
-            let batch = self.encode(&transaction, desired)?;
+            let batch = self.encode(&transaction, &desired)?;
             match self.conn.commit(&batch, Some(self.committed.generation)) {
                 Ok(()) => {
-                    let elapsed = started.elapsed();
-                    let report =
-                        ApplyReport { operations: transaction.len(), messages: batch.messages() + 2, retries, elapsed };
                     self.after_commit(&transaction, desired)?;
-                    return Ok(report);
+                    let elapsed = started.elapsed();
+                    return Ok(ApplyReport {
+                        operations: transaction.len(),
+                        messages: batch.messages() + 2,
+                        retries,
+                        elapsed,
+                    });
                 }
                 Err(nl::Error::GenerationChanged) if retries + 1 < ATTEMPTS => {
                     retries += 1;
@@ -152,19 +160,26 @@ impl Applier {
 
     /// Deletes svcnft's tables (only those).
     pub fn cleanup(&mut self) -> Result<ApplyReport, ApplyError> {
-        self.apply(&Ruleset::default())
+        self.apply(Ruleset::default())
     }
 
-    fn handle(&self, family: Family, chain: &str, position: usize) -> Result<u64, ApplyError> {
-        self.committed
-            .handles
-            .get(&(family, chain.to_string()))
-            .and_then(|h| h.get(position))
+    /// The kernel handle of a committed rule; a chain changed since its handles
+    /// were read is read now (it holds what we committed, or the generation
+    /// check refuses the batch this handle goes into).
+    fn handle(&mut self, family: Family, chain: &str, position: usize) -> Result<u64, ApplyError> {
+        let key = (family, chain.to_string());
+        if !self.committed.handles.contains_key(&key) {
+            let rules = self.conn.read_rules(nl_family(family), TABLE_NAME, chain)?;
+            let handles = rules.iter().map(|r| r.handle.unwrap_or_default()).collect();
+            self.committed.handles.insert(key.clone(), handles);
+        }
+        self.committed.handles[&key]
+            .get(position)
             .copied()
             .ok_or_else(|| ApplyError::UnknownRule { chain: chain.to_string(), position })
     }
 
-    fn encode(&self, transaction: &Transaction, desired: &Ruleset) -> Result<Batch, ApplyError> {
+    fn encode(&mut self, transaction: &Transaction, desired: &Ruleset) -> Result<Batch, ApplyError> {
         let mut batch = Batch::new(nl::Family::Ip, TABLE_NAME);
         for op in &transaction.ops {
             let family = op.family();
@@ -177,7 +192,7 @@ impl Applier {
                     batch.delete_table();
                 }
                 Op::AddSet { set, .. } => {
-                    batch.add_set(&kernel::encode_set(set));
+                    batch.add_set(&kernel::encode_set(family, set));
                 }
                 Op::DeleteSet { set, .. } => {
                     batch.delete_set(set);
@@ -220,38 +235,24 @@ impl Applier {
         Ok(batch)
     }
 
-    /// Records the new state: the desired ruleset, with the handles of the rules
-    /// this transaction added read back (per chain, or the whole table when many
-    /// chains changed).
-    fn after_commit(&mut self, transaction: &Transaction, desired: &Ruleset) -> Result<(), ApplyError> {
-        let mut changed: BTreeSet<(Family, String)> = BTreeSet::new();
+    /// Records the new state: `desired`, without the handles of the chains this
+    /// transaction changed (learned when needed, see [`Applier::handle`]).
+    fn after_commit(&mut self, transaction: &Transaction, desired: Arc<Ruleset>) -> Result<(), ApplyError> {
         for op in &transaction.ops {
             match op {
                 Op::AppendRule { family, chain, .. }
                 | Op::ReplaceRule { family, chain, .. }
                 | Op::DeleteRule { family, chain, .. }
                 | Op::FlushChain { family, chain }
-                | Op::AddChain { family, chain, .. } => {
-                    changed.insert((*family, chain.clone()));
-                }
-                Op::DeleteChain { family, chain } => {
+                | Op::AddChain { family, chain, .. }
+                | Op::DeleteChain { family, chain } => {
                     self.committed.handles.remove(&(*family, chain.clone()));
                 }
                 Op::DeleteTable { family } => self.committed.handles.retain(|(f, _), _| f != family),
                 _ => {}
             }
         }
-        // A chain flushed on its way out has no handles left to learn.
-        changed.retain(|(family, chain)| desired.table(*family).is_some_and(|t| t.chain(chain).is_some()));
-        if changed.len() > CHAINS_READ_ONE_BY_ONE {
-            return self.reread();
-        }
-        for (family, chain) in changed {
-            let rules = self.conn.read_rules(nl_family(family), TABLE_NAME, &chain)?;
-            let handles = rules.iter().map(|r| r.handle.unwrap_or_default()).collect();
-            self.committed.handles.insert((family, chain), handles);
-        }
-        self.committed.ruleset = desired.clone();
+        self.committed.ruleset = desired;
         self.committed.generation = self.conn.generation()?;
         Ok(())
     }

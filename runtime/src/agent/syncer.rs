@@ -32,7 +32,8 @@ pub enum SyncError {
 struct Compiled {
     sources: Vec<SourceFile>,
     plan: NodePlan,
-    ruleset: Ruleset,
+    /// Shared with the applier, which keeps it as the committed state.
+    ruleset: Arc<Ruleset>,
 }
 
 /// Keeps one node's rules equal to its policy.
@@ -84,7 +85,7 @@ impl Syncer {
                 return Ok(ApplyReport { operations: 0, messages: 0, retries: 0, elapsed: started.elapsed() });
             }
             let compiled = self.compile(files)?;
-            let report = self.applier.apply(&compiled.ruleset)?;
+            let report = self.applier.apply(compiled.ruleset.clone())?;
             let previous = self.good.replace(compiled);
             if let (Some(old), Some(new)) = (previous, &self.good) {
                 match remove_flows(&stale_udp_endpoints(&old.plan, &new.plan)) {
@@ -112,7 +113,8 @@ impl Syncer {
         let Some(good) = &self.good else {
             return Err(SyncError::NoPolicy);
         };
-        let result = self.applier.reread().and_then(|()| self.applier.apply(&good.ruleset)).map_err(SyncError::from);
+        let result =
+            self.applier.reread().and_then(|()| self.applier.apply(good.ruleset.clone())).map_err(SyncError::from);
         self.record(SyncKind::Full, started, result)
     }
 
@@ -130,7 +132,7 @@ impl Syncer {
             tracing::warn!("policy warnings\n{}", checked.warnings.render(&files));
         }
         let (plan, ruleset) = svcnft_compiler::compile(&checked.policy, &self.node)?;
-        Ok(Compiled { sources: files, plan, ruleset })
+        Ok(Compiled { sources: files, plan, ruleset: Arc::new(ruleset) })
     }
 
     fn record(
