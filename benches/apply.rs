@@ -9,6 +9,7 @@
 //! (`SVCNFT_SIZES=100,1000,10000`, `SVCNFT_ROUNDS=20`; `SVCNFT_AFFINITY_EVERY=1`
 //! gives the moved endpoint's service session affinity).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use svcnft_compiler::diagnostics::SourceFile;
@@ -57,10 +58,10 @@ fn main() {
         applier.apply(compile(&policy_text(shape, 0))).expect("cold apply");
         let (mut diff, mut commit, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         let (mut messages, mut operations) = (Vec::new(), Vec::new());
-        let mut desired = Ruleset::default();
+        let mut desired = Arc::new(Ruleset::default());
         // Each revision moves the one endpoint again.
         for revision in 1..=rounds {
-            desired = compile(&policy_text(shape, revision));
+            desired = Arc::new(compile(&policy_text(shape, revision)));
             let start = Instant::now();
             std::hint::black_box(applier.plan(&desired));
             diff.push(start.elapsed());

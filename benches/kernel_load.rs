@@ -80,7 +80,7 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
                         let set = table.set(map).expect("the endpoint map is declared");
                         (*offset..offset + modulus)
                             .filter_map(|key| {
-                                let element = set.elements.iter().find(|e| e.key == [Value::Index(key)])?;
+                                let element = set.elements.iter().find(|e| e.key[..] == [Value::Index(key)])?;
                                 match element.data {
                                     Some(ElementData::Endpoint { address, port }) => Some((address, port)),
                                     _ => None,

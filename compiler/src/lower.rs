@@ -19,8 +19,8 @@ use crate::plan::{
 };
 use crate::policy::Family;
 use crate::ruleset::{
-    AddrField, BaseHook, Chain, ChainKind, Element, ElementData, Field, Hook, KeyType, MapData, Match, Rule, Ruleset,
-    Set, Statement, Table, Value, Verdict, MASQUERADE_MARK, TABLE_NAME,
+    AddrField, BaseHook, Chain, ChainKind, Element, Field, Hook, KeyType, MapData, Match, Rule, Ruleset, Set,
+    Statement, Table, Value, Verdict, MASQUERADE_MARK, TABLE_NAME,
 };
 
 /// Named chains and sets of every table.
@@ -137,10 +137,8 @@ impl EndpointMaps {
         }
         self.taken.extend((first..first + slots).map(|slot| (map, slot)));
         let offset = first * SLOT_KEYS;
-        self.elements[map as usize].extend(targets.iter().zip(offset..).map(|(t, key)| Element {
-            key: vec![Value::Index(key)],
-            data: Some(ElementData::Endpoint { address: t.address, port: t.port.get() }),
-        }));
+        let elements = targets.iter().zip(offset..).map(|(t, key)| Element::endpoint(key, t.address, t.port.get()));
+        self.elements[map as usize].extend(elements);
         (format!("{ENDPOINTS}-{map}"), offset)
     }
 
@@ -177,11 +175,11 @@ struct Builder<'a> {
 }
 
 fn addr_proto_port(address: IpAddr, id: &PortId, port: u16, verdict: Verdict) -> Element {
-    Element::verdict(vec![Value::Addr(address), Value::Proto(id.protocol), Value::Port(port)], verdict)
+    Element::verdict(&[Value::Addr(address), Value::Proto(id.protocol), Value::Port(port)], verdict)
 }
 
 fn proto_port(id: &PortId, port: u16, verdict: Verdict) -> Element {
-    Element::verdict(vec![Value::Proto(id.protocol), Value::Port(port)], verdict)
+    Element::verdict(&[Value::Proto(id.protocol), Value::Port(port)], verdict)
 }
 
 fn refusal_verdict(refusal: Refusal) -> Verdict {
@@ -220,9 +218,9 @@ impl<'a> Builder<'a> {
         let id = &port.id;
         let chains = PortChains::new(id);
         let comment = id.to_string();
-        self.cluster_ips.push(Element::key(vec![Value::Addr(port.cluster_ip)]));
+        self.cluster_ips.push(Element::key(&[Value::Addr(port.cluster_ip)]));
         for address in &port.all_endpoint_addresses {
-            self.hairpin.push(Element::key(vec![Value::Addr(*address), Value::Addr(*address)]));
+            self.hairpin.push(Element::key(&[Value::Addr(*address), Value::Addr(*address)]));
         }
 
         match port.internal {
@@ -463,7 +461,7 @@ impl<'a> Builder<'a> {
             ),
         ];
         if let NodePortScope::Addresses(addresses) = &self.plan.node_ports_on {
-            let elements = addresses.iter().map(|a| Element::key(vec![Value::Addr(*a)])).collect();
+            let elements = addresses.iter().map(|a| Element::key(&[Value::Addr(*a)])).collect();
             sets.insert(1, set(NODEPORT_IPS, vec![addr], false, "addresses accepting node ports", elements));
         }
         self.affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::policy::{Family, Protocol};
 
@@ -124,22 +125,31 @@ impl KeyType {
     }
 }
 
+/// A set key: one value, or the components of a concatenation. Held inline, as
+/// a table has hundreds of thousands of elements that the diff compares.
+pub type Key = SmallVec<[Value; 3]>;
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Element {
-    pub key: Vec<Value>,
+    pub key: Key,
     /// The value of a map element; `None` in a set.
     pub data: Option<ElementData>,
 }
 
 impl Element {
     /// A set element.
-    pub fn key(key: Vec<Value>) -> Element {
-        Element { key, data: None }
+    pub fn key(key: &[Value]) -> Element {
+        Element { key: Key::from_slice(key), data: None }
     }
 
     /// A verdict-map element.
-    pub fn verdict(key: Vec<Value>, verdict: Verdict) -> Element {
-        Element { key, data: Some(ElementData::Verdict(verdict)) }
+    pub fn verdict(key: &[Value], verdict: Verdict) -> Element {
+        Element { key: Key::from_slice(key), data: Some(ElementData::Verdict(verdict)) }
+    }
+
+    /// An endpoint-map element.
+    pub fn endpoint(key: u32, address: IpAddr, port: u16) -> Element {
+        Element { key: Key::from_slice(&[Value::Index(key)]), data: Some(ElementData::Endpoint { address, port }) }
     }
 
     /// The verdict of a verdict-map element.

@@ -868,7 +868,7 @@ mod tests {
             dynamic_timeout: None,
             comment: None,
             elements: vec![Element::verdict(
-                vec![Value::Net("10.9.0.0/16".parse().expect("prefix")), Value::Proto(Protocol::Tcp)],
+                &[Value::Net("10.9.0.0/16".parse().expect("prefix")), Value::Proto(Protocol::Tcp)],
                 Verdict::Drop,
             )],
         };
@@ -901,10 +901,7 @@ mod tests {
 
     #[test]
     fn a_map_draw_forks_per_key_and_a_key_without_endpoint_falls_through() {
-        let endpoint = |key: u32, address: &str| Element {
-            key: vec![Value::Index(key)],
-            data: Some(ElementData::Endpoint { address: address.parse().expect("address"), port: 8080 }),
-        };
+        let endpoint = |key: u32, address: &str| Element::endpoint(key, address.parse().expect("address"), 8080);
         let map = Set {
             name: "endpoints-0".into(),
             key: vec![crate::ruleset::KeyType::Numgen],

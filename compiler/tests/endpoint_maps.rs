@@ -43,7 +43,7 @@ fn every_drawn_key_has_its_own_endpoint() {
         assert_eq!(map.data, Some(MapData::Endpoint));
         for key in *offset..offset + modulus {
             assert!(keys.insert((map.name.clone(), key)), "{chain}: key {key} of {} is taken twice", map.name);
-            let element = map.elements.iter().find(|e| e.key == [Value::Index(key)]);
+            let element = map.elements.iter().find(|e| e.key[..] == [Value::Index(key)]);
             assert!(
                 matches!(element.and_then(|e| e.data.as_ref()), Some(ElementData::Endpoint { .. })),
                 "{chain}: key {key} has no endpoint"

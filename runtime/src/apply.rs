@@ -135,8 +135,9 @@ impl Applier {
             let batch = self.encode(&transaction, &desired)?;
             match self.conn.commit(&batch, Some(self.committed.generation)) {
                 Ok(()) => {
-                    self.after_commit(&transaction, desired)?;
+                    let previous = self.after_commit(&transaction, desired)?;
                     let elapsed = started.elapsed();
+                    drop(previous);
                     return Ok(ApplyReport {
                         operations: transaction.len(),
                         messages: batch.messages() + 2,
@@ -237,7 +238,8 @@ impl Applier {
 
     /// Records the new state: `desired`, without the handles of the chains this
     /// transaction changed (learned when needed, see [`Applier::handle`]).
-    fn after_commit(&mut self, transaction: &Transaction, desired: Arc<Ruleset>) -> Result<(), ApplyError> {
+    /// Returns the state it replaces, which can take a while to free.
+    fn after_commit(&mut self, transaction: &Transaction, desired: Arc<Ruleset>) -> Result<Arc<Ruleset>, ApplyError> {
         for op in &transaction.ops {
             match op {
                 Op::AppendRule { family, chain, .. }
@@ -252,8 +254,8 @@ impl Applier {
                 _ => {}
             }
         }
-        self.committed.ruleset = desired;
+        let previous = std::mem::replace(&mut self.committed.ruleset, desired);
         self.committed.generation = self.conn.generation()?;
-        Ok(())
+        Ok(previous)
     }
 }

@@ -418,7 +418,7 @@ fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<El
         }
         None => None,
     };
-    Some(Element { key: values, data })
+    Some(Element { key: values.into_iter().collect(), data })
 }
 
 fn protocol(n: u8) -> Option<Protocol> {
