@@ -7,9 +7,10 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use svcnft_grammar::incremental::{reparse, Parsed};
 use svcnft_grammar::{
-    ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, Item, ItemKind, NodeStmt, PortOption, PortStmt,
-    QualifiedName, ServiceStmt, Span, Stmt, Word,
+    ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, File, Item, ItemKind, NodeStmt, PortOption, PortStmt,
+    QualifiedName, ServiceStmt, Span, Stmt, SyntaxError, Word,
 };
 
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
@@ -33,22 +34,28 @@ const MAX_NAME: usize = 63;
 const MAX_NODE_NAME: usize = 253;
 
 /// Parses and checks the files of one policy together.
+pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
+    let parsed: Vec<_> = files.iter().map(|file| svcnft_grammar::parse(&file.text)).collect();
+    check_parsed(parsed.iter().map(Result::as_ref))
+}
+
+/// Checks the parses of a policy's files, in file order.
 ///
 /// Syntax errors are reported for every file that has one; the semantic checks run
 /// only when all files parse, since a half-read policy would give misleading errors
 /// about missing nodes or services.
-pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
+pub fn check_parsed<'a>(
+    parsed: impl IntoIterator<Item = Result<&'a File, &'a SyntaxError>>,
+) -> Result<Checked, Diagnostics> {
     let mut checker = Checker::default();
-    let mut parsed = Vec::new();
-    for (index, file) in files.iter().enumerate() {
-        match svcnft_grammar::parse(&file.text) {
-            Ok(ast) => parsed.push((index, ast)),
-            Err(e) => checker.diags.push(Severity::Error, index, e.span, e.message),
+    let mut items: Vec<(usize, &Item)> = Vec::new();
+    for (index, file) in parsed.into_iter().enumerate() {
+        match file {
+            Ok(ast) => items.extend(ast.items.iter().map(|item| (index, item))),
+            Err(e) => checker.diags.push(Severity::Error, index, e.span, e.message.clone()),
         }
     }
     if checker.diags.errors() == 0 {
-        let items: Vec<(usize, &Item)> =
-            parsed.iter().flat_map(|(i, ast)| ast.items.iter().map(move |item| (*i, item))).collect();
         checker.policy(&items);
     }
     let mut diags = checker.diags;
@@ -57,6 +64,31 @@ pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
         Err(diags)
     } else {
         Ok(Checked { policy: checker.out, warnings: diags })
+    }
+}
+
+/// The parses of a policy's files from one check to the next, so that a check after
+/// an edit runs pest only on the items whose text changed. Its results are always
+/// those of [`check`].
+#[derive(Debug, Default)]
+pub struct Incremental {
+    /// By file position: a file's items are matched by their text, so a file that
+    /// moves to another position costs a parse but never a wrong result.
+    files: Vec<Parsed>,
+}
+
+impl Incremental {
+    /// Parses `files`, reusing the unchanged items of the previous call's parses.
+    pub fn parse(&mut self, files: &[SourceFile]) -> Vec<Result<&File, SyntaxError>> {
+        self.files.resize_with(files.len(), Parsed::default);
+        let results: Vec<_> = self.files.iter_mut().zip(files).map(|(p, f)| reparse(p, &f.text)).collect();
+        results.into_iter().zip(&self.files).map(|(result, p)| result.map(|_| &p.file)).collect()
+    }
+
+    /// Checks `files` as [`check`] does.
+    pub fn check(&mut self, files: &[SourceFile]) -> Result<Checked, Diagnostics> {
+        let parsed = self.parse(files);
+        check_parsed(parsed.iter().map(|p| p.as_ref().map(|file| *file)))
     }
 }
 
