@@ -111,6 +111,9 @@ struct Checker {
     /// Where each declared service is in `out.services`: looking names up by
     /// scanning made checking 10k services take seconds.
     service_index: HashMap<ServiceName, usize>,
+    /// The names in `out.nodes`: every endpoint names a node, and scanning the nodes
+    /// for each of 100k endpoints took a tenth of checking 10k services.
+    node_names: HashSet<String>,
     /// Services with an `endpoints` block already.
     with_endpoints: HashSet<usize>,
     /// Per service (by index): the spans of target ports given as names.
@@ -244,7 +247,7 @@ impl Checker {
     fn node(&mut self, name: &Word, body: &[Stmt<NodeStmt>]) {
         // An invalid name still has its body checked; the node is then left out.
         let valid = self.name(name, "node name", MAX_NODE_NAME);
-        let duplicate = valid.as_ref().is_some_and(|n| self.out.node(n).is_some());
+        let duplicate = valid.as_ref().is_some_and(|n| self.node_names.contains(n));
         if duplicate {
             self.error(name.span, format!("node `{}` is already declared", name.text));
         }
@@ -275,6 +278,7 @@ impl Checker {
             self.error(name.span, format!("node `{}` has no `address`; at least one is required", node.name));
         }
         if valid.is_some() && !duplicate {
+            self.node_names.insert(node.name.clone());
             self.out.nodes.push(node);
         }
     }
@@ -587,13 +591,12 @@ impl Checker {
             }
             _ => {}
         }
-        let ports: Vec<ServicePort> = index.map(|i| self.out.services[i].ports.clone()).unwrap_or_default();
         let mut block = Endpoints::default();
-        let mut addresses = HashSet::new();
+        let mut addresses = HashSet::with_capacity(body.len());
         for stmt in body {
             match &stmt.kind {
                 EndpointsStmt::Port { name, port } => {
-                    if let Some(p) = self.endpoint_port(name.as_ref(), port, &ports, index.is_some(), &block) {
+                    if let Some(p) = self.endpoint_port(name.as_ref(), port, index, &block) {
                         block.ports.push(p);
                     }
                 }
@@ -618,28 +621,28 @@ impl Checker {
         }
     }
 
-    /// `port NAME PORT` must name a port of the service; `port PORT` fits only a
-    /// service whose single port is unnamed (as EndpointSlice ports match by name).
+    /// `port NAME PORT` must name a port of the service (by index in `out.services`,
+    /// when declared); `port PORT` fits only a service whose single port is unnamed
+    /// (as EndpointSlice ports match by name).
     fn endpoint_port(
         &mut self,
         name: Option<&Word>,
         port: &Word,
-        ports: &[ServicePort],
-        service_known: bool,
+        service: Option<usize>,
         block: &Endpoints,
     ) -> Option<EndpointPort> {
         let number = self.port(port);
         let name = match name {
             Some(w) => {
                 let n = self.name(w, "port name", MAX_NAME)?;
-                if service_known && !ports.iter().any(|p| p.name.as_deref() == Some(n.as_str())) {
+                if service.is_some() && !self.ports_of(service).iter().any(|p| p.name.as_deref() == Some(n.as_str())) {
                     self.error(w.span, format!("the service has no port named `{n}`"));
                     return None;
                 }
                 Some(n)
             }
             None => {
-                if service_known && !matches!(ports, [p] if p.name.is_none()) {
+                if service.is_some() && !matches!(self.ports_of(service), [p] if p.name.is_none()) {
                     self.error(
                         port.span,
                         "`port PORT` without a name fits only a service with one unnamed port; write `port NAME PORT`",
@@ -656,6 +659,11 @@ impl Checker {
         Some(EndpointPort { name, port: number? })
     }
 
+    /// The ports of the service at `index` in `out.services`.
+    fn ports_of(&self, index: Option<usize>) -> &[ServicePort] {
+        index.map_or(&[], |i| &self.out.services[i].ports)
+    }
+
     fn endpoint(&mut self, e: &EndpointStmt) -> Option<Endpoint> {
         let address = self.address(&e.address);
         let mut node = None;
@@ -670,7 +678,7 @@ impl Checker {
                     if self.once(&mut seen, "node", w.span) {
                         node = self.name(w, "node name", MAX_NODE_NAME);
                         if let Some(n) = &node {
-                            if self.out.node(n).is_none() {
+                            if !self.node_names.contains(n) {
                                 self.error(w.span, format!("node `{n}` is not declared"));
                             }
                         }
