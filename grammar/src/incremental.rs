@@ -34,47 +34,56 @@ pub fn reparse(parsed: &mut Parsed, text: &str) -> Result<usize, SyntaxError> {
     if parsed.text == text {
         return Ok(0);
     }
-    let Some(plan) = split(text).and_then(|spans| plan(parsed, text, &spans)) else {
+    let planned = split(text).and_then(|spans| Some((plan(parsed, text, &spans)?, spans)));
+    let Some((plan, spans)) = planned else {
         parsed.file = parse(text)?;
-        parsed.text = text.to_owned();
+        replace_text(&mut parsed.text, text);
         return Ok(parsed.file.items.len());
     };
-    let fresh = plan.iter().filter(|source| matches!(source, Source::Parsed(_))).count();
-    let mut old: Vec<Option<Item>> = std::mem::take(&mut parsed.file.items).into_iter().map(Some).collect();
-    let items = plan
+    let fresh = plan.middle.iter().filter(|source| matches!(source, Source::Parsed(_))).count();
+    let items = &mut parsed.file.items;
+    let mut old: Vec<Option<Item>> = items.drain(plan.prefix..items.len() - plan.suffix).map(Some).collect();
+    let middle: Vec<Item> = plan
+        .middle
         .into_iter()
         .map(|source| match source {
-            Source::Reused { index, to } => {
-                let mut item = old[index].take().expect("each old item is reused at most once");
-                let from = item.span.start;
-                // Most items do not move: every one before the edit, and every one after
-                // an edit that keeps the length.
-                if from != to {
-                    for_each_span(&mut item, &mut |s| *s = Span::new(s.start - from + to, s.end - from + to));
-                }
-                item
-            }
+            Source::Reused(index) => old[index - plan.prefix].take().expect("each old item is reused at most once"),
             Source::Parsed(item) => item,
         })
         .collect();
-    parsed.file = File { items };
-    parsed.text = text.to_owned();
+    items.splice(plan.prefix..plan.prefix, middle);
+    for (item, span) in items.iter_mut().zip(&spans) {
+        move_to(item, span.start);
+    }
+    replace_text(&mut parsed.text, text);
     Ok(fresh)
 }
 
-/// Where each item of the new text comes from.
+/// Copies `text` into the buffer of the old text: a 5 MB allocation costs more in
+/// page faults than the copy.
+fn replace_text(old: &mut String, text: &str) {
+    old.clear();
+    old.push_str(text);
+}
+
+/// How the items of a new text come from the old ones: the first `prefix` and the
+/// last `suffix` are the old ones at the same place from either end, those between
+/// come from `middle`.
+struct Plan {
+    prefix: usize,
+    suffix: usize,
+    middle: Vec<Source>,
+}
+
 enum Source {
-    /// The old item at `index`, moved to start at byte `to`.
-    Reused {
-        index: usize,
-        to: usize,
-    },
+    /// The old item at this index.
+    Reused(usize),
     Parsed(Item),
 }
 
 /// Matches the new items to the old by text, parsing those without a match; `None`
 /// when one of them does not parse on its own.
-fn plan(old: &Parsed, text: &str, spans: &[Span]) -> Option<Vec<Source>> {
+fn plan(old: &Parsed, text: &str, spans: &[Span]) -> Option<Plan> {
     let old_text = |i: usize| &old.text[old.file.items[i].span.start..old.file.items[i].span.end];
     let new_text = |s: &Span| &text[s.start..s.end];
     let olds = old.file.items.len();
@@ -86,18 +95,14 @@ fn plan(old: &Parsed, text: &str, spans: &[Span]) -> Option<Vec<Source>> {
     for i in (prefix..olds - suffix).rev() {
         moved.entry(old_text(i)).or_default().push(i);
     }
-    let middle = spans.len() - suffix;
-    let reused = |index: usize, span: &Span| Source::Reused { index, to: span.start };
-    let mut sources: Vec<Source> = spans[..prefix].iter().enumerate().map(|(i, s)| reused(i, s)).collect();
-    for span in &spans[prefix..middle] {
-        let source = match moved.get_mut(new_text(span)).and_then(Vec::pop) {
-            Some(index) => reused(index, span),
-            None => Source::Parsed(parse_item(text, *span)?),
-        };
-        sources.push(source);
-    }
-    sources.extend(spans[middle..].iter().zip(olds - suffix..).map(|(s, i)| reused(i, s)));
-    Some(sources)
+    let middle = spans[prefix..spans.len() - suffix]
+        .iter()
+        .map(|span| match moved.get_mut(new_text(span)).and_then(Vec::pop) {
+            Some(index) => Some(Source::Reused(index)),
+            None => parse_item(text, *span).map(Source::Parsed),
+        })
+        .collect::<Option<_>>()?;
+    Some(Plan { prefix, suffix, middle })
 }
 
 /// Parses the item at `span` of `text` on its own, with spans into `text`.
@@ -107,8 +112,18 @@ fn parse_item(text: &str, span: Span) -> Option<Item> {
     if item.span != Span::new(0, span.end - span.start) {
         return None;
     }
-    for_each_span(&mut item, &mut |s| *s = Span::new(s.start + span.start, s.end + span.start));
+    move_to(&mut item, span.start);
     Some(item)
+}
+
+/// Moves every span of `item` so that it starts at byte `to`.
+fn move_to(item: &mut Item, to: usize) {
+    let from = item.span.start;
+    // Most items do not move: every one before an edit, and every one after an edit
+    // that keeps the length.
+    if from != to {
+        for_each_span(item, &mut |s| *s = Span::new(s.start - from + to, s.end - from + to));
+    }
 }
 
 /// The spans of the top-level items of `text`, each from its keyword to its closing
