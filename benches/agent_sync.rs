@@ -10,6 +10,7 @@
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use svcnft_compiler::check::{check_parsed, Incremental};
 use svcnft_compiler::synthetic::{policy_text, Shape};
 use svcnft_compiler::Ruleset;
 use svcnft_runtime::agent::{Metrics, PolicyWatcher, Status, Syncer};
@@ -35,9 +36,15 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-/// Where a sync's time goes before the kernel: read, check, compile of `path`,
-/// and the diff from `previous`; returns the ruleset for the next diff.
-fn stages(path: &std::path::Path, previous: &Ruleset, into: &mut [Vec<Duration>; 4]) -> Ruleset {
+/// Where a sync's time goes before the kernel: read, parse (keeping the parses in
+/// `front`, as the agent does), check and compile of `path`, and the diff from
+/// `previous`; returns the ruleset for the next diff.
+fn stages(
+    path: &std::path::Path,
+    front: &mut Incremental,
+    previous: &Ruleset,
+    into: &mut [Vec<Duration>; 5],
+) -> Ruleset {
     let mut lap = Instant::now();
     let mut took = |stage: usize| {
         into[stage].push(lap.elapsed());
@@ -45,12 +52,14 @@ fn stages(path: &std::path::Path, previous: &Ruleset, into: &mut [Vec<Duration>;
     };
     let files = svcnft_runtime::sources::read_policy(&[path.to_path_buf()]).unwrap();
     took(0);
-    let checked = svcnft_compiler::check(&files).expect("valid");
+    let parsed = front.parse(&files);
     took(1);
-    let (_, ruleset) = svcnft_compiler::compile(&checked.policy, "node-0").unwrap();
+    let checked = check_parsed(parsed.iter().map(|p| p.as_ref().map(|file| *file))).expect("valid");
     took(2);
-    svcnft_compiler::diff::diff(previous, &ruleset);
+    let (_, ruleset) = svcnft_compiler::compile(&checked.policy, "node-0").unwrap();
     took(3);
+    svcnft_compiler::diff::diff(previous, &ruleset);
+    took(4);
     ruleset
 }
 
@@ -85,8 +94,9 @@ fn main() {
         let (tx, rx) = mpsc::channel();
         let _watcher = PolicyWatcher::start(std::slice::from_ref(&path), tx).expect("watch");
         let (mut total, mut event, mut commit, mut operations) = (Vec::new(), Vec::new(), Vec::new(), 0);
-        let mut breakdown: [Vec<Duration>; 4] = Default::default();
-        let mut previous = stages(&path, &Ruleset::default(), &mut Default::default());
+        let mut breakdown: [Vec<Duration>; 5] = Default::default();
+        let mut front = Incremental::default();
+        let mut previous = stages(&path, &mut front, &Ruleset::default(), &mut Default::default());
         for i in 0..samples {
             let started = Instant::now();
             std::fs::write(&path, &texts[i % 2]).unwrap();
@@ -96,7 +106,7 @@ fn main() {
             total.push(started.elapsed());
             commit.push(report.elapsed);
             operations = report.operations;
-            previous = stages(&path, &previous, &mut breakdown);
+            previous = stages(&path, &mut front, &previous, &mut breakdown);
             // Events of this write still in flight must not time the next one.
             std::thread::sleep(Duration::from_millis(100));
             while rx.try_recv().is_ok() {}
@@ -106,7 +116,8 @@ fn main() {
         report("diff + encode + commit", commit);
         report("write → commit (total)", total);
         println!("breakdown, timed again outside the sync:");
-        for (name, samples) in ["read", "check", "compile (plan + lower)", "diff"].into_iter().zip(breakdown) {
+        let names = ["read", "parse (changed items)", "check", "compile (plan + lower)", "diff"];
+        for (name, samples) in names.into_iter().zip(breakdown) {
             report(name, samples);
         }
     })

@@ -15,6 +15,8 @@ use pest::iterators::Pair;
 use pest::Parser as _;
 use pest_derive::Parser;
 
+pub mod incremental;
+
 #[derive(Parser)]
 #[grammar = "services.pest"]
 struct Grammar;

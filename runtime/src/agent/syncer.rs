@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use svcnft_compiler::check::Incremental;
 use svcnft_compiler::plan::HealthCheck;
 use svcnft_compiler::{NodePlan, PlanError, Ruleset, SourceFile};
 
@@ -41,6 +42,9 @@ pub struct Syncer {
     paths: Vec<PathBuf>,
     node: String,
     applier: Applier,
+    /// The parses of the last files read: after an edit, only the items whose text
+    /// changed are parsed again.
+    front: Incremental,
     good: Option<Compiled>,
     /// The kernel holds `good` as far as we know (no failed apply since).
     in_sync: bool,
@@ -56,7 +60,7 @@ impl Syncer {
         status: Arc<Status>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Syncer { paths, node, applier, good: None, in_sync: false, status, metrics }
+        Syncer { paths, node, applier, front: Incremental::default(), good: None, in_sync: false, status, metrics }
     }
 
     /// The plan of the last good policy.
@@ -123,8 +127,8 @@ impl Syncer {
         self.applier.cleanup()
     }
 
-    fn compile(&self, files: Vec<SourceFile>) -> Result<Compiled, SyncError> {
-        let checked = svcnft_compiler::check(&files).map_err(|diagnostics| {
+    fn compile(&mut self, files: Vec<SourceFile>) -> Result<Compiled, SyncError> {
+        let checked = self.front.check(&files).map_err(|diagnostics| {
             tracing::error!("invalid policy; keeping the last good ruleset\n{}", diagnostics.render(&files));
             SyncError::Invalid { errors: diagnostics.errors() }
         })?;
