@@ -13,15 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use svcnft_compiler::diagnostics::SourceFile;
+use svcnft_compiler::lower::Lowering;
 use svcnft_compiler::ruleset::Ruleset;
 use svcnft_compiler::synthetic::{policy_text, Shape};
 use svcnft_runtime::apply::Applier;
 use svcnft_runtime::testns::TestNs;
 
-fn compile(text: &str) -> Ruleset {
+/// Compiles as the agent does: keeping lowered ports in `lowering`, so that the
+/// chains of unchanged services are shared with the previous revision.
+fn compile(text: &str, lowering: &mut Lowering) -> Ruleset {
     let files = [SourceFile { name: "synthetic.svc".into(), text: text.into() }];
     let checked = svcnft_compiler::check::check(&files).expect("the synthetic policy is valid");
-    svcnft_compiler::compile(&checked.policy, "node-0").expect("node-0 exists").1
+    lowering.lower(&svcnft_compiler::plan(&checked.policy, "node-0").expect("node-0 exists"))
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -55,13 +58,14 @@ fn main() {
         let shape = Shape { services, affinity_every, ..Shape::LARGE };
         let ns = TestNs::new().expect("a namespace");
         let mut applier = ns.run(Applier::open).expect("enter the namespace").expect("open nf_tables");
-        applier.apply(compile(&policy_text(shape, 0))).expect("cold apply");
+        let mut lowering = Lowering::default();
+        applier.apply(compile(&policy_text(shape, 0), &mut lowering)).expect("cold apply");
         let (mut diff, mut commit, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         let (mut messages, mut operations) = (Vec::new(), Vec::new());
         let mut desired = Arc::new(Ruleset::default());
         // Each revision moves the one endpoint again.
         for revision in 1..=rounds {
-            desired = Arc::new(compile(&policy_text(shape, revision)));
+            desired = Arc::new(compile(&policy_text(shape, revision), &mut lowering));
             let start = Instant::now();
             std::hint::black_box(applier.plan(&desired));
             diff.push(start.elapsed());

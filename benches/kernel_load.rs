@@ -101,6 +101,7 @@ fn kube_proxy_shape(ruleset: &Ruleset) -> String {
             if !chain.rules.iter().any(is_dnat) {
                 continue;
             }
+            let chain = Arc::make_mut(chain);
             let rules = std::mem::take(&mut chain.rules);
             let (dnat, masquerade): (Vec<Rule>, Vec<Rule>) = rules.into_iter().partition(is_dnat);
             chain.rules = masquerade;

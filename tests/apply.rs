@@ -189,7 +189,7 @@ fn applying_a_then_b_equals_b_fresh() {
 /// `desired` with one more rule that jumps to a chain that does not exist.
 fn with_dangling_jump(desired: &Ruleset) -> Ruleset {
     let mut broken = desired.clone();
-    let chain = broken.tables[0].chains.last_mut().expect("a chain");
+    let chain = std::sync::Arc::make_mut(broken.tables[0].chains.last_mut().expect("a chain"));
     chain.rules.push(Rule::new(vec![], vec![Statement::Verdict(Verdict::Jump("no-such-chain".into()))]));
     broken
 }

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -216,7 +217,7 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     };
 
     let leaving: BTreeMap<&str, &Chain> =
-        recreated_chains.chain(removed_chains.iter().copied()).map(|c| (c.name.as_str(), c)).collect();
+        recreated_chains.chain(removed_chains.iter().copied()).map(|c| (c.name.as_str(), &**c)).collect();
     for (name, chain) in &leaving {
         if !chain.rules.is_empty() {
             phases.push(Phase::RemoveRules, Op::FlushChain { family, chain: name.to_string() });
@@ -272,7 +273,8 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
             append_all(family, chain, phases);
             continue;
         };
-        if old.rules == chain.rules {
+        // The same allocation: a lowering that kept the port's chains.
+        if Arc::ptr_eq(old, chain) || old.rules == chain.rules {
             continue;
         }
         if old.rules.iter().any(refers_to_gone) {

@@ -10,8 +10,9 @@
 //! `numgen` rules that DNAT directly), and hairpin traffic is recognised once, in
 //! postrouting, through one `address . address` set.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::plan::{
     EndpointSet, ExternalChain, ExternalRoute, FamilyPlan, NodePlan, NodePortScope, PortId, PortPlan, Refusal, Route,
@@ -50,7 +51,64 @@ use names::*;
 
 /// Lowers a node plan to its ruleset: one `svcnft` table per planned family.
 pub fn lower(plan: &NodePlan) -> Ruleset {
-    Ruleset { tables: plan.families.iter().map(lower_family).collect() }
+    Lowering::default().lower(plan)
+}
+
+/// Lowering that remembers what it lowered: a service port whose plan and place
+/// in the endpoint maps did not change keeps its chains, the very same `Arc`s,
+/// so that a policy edit re-lowers only what it touched and the diff knows the
+/// other chains unchanged without comparing them. The result is always that of
+/// [`lower`].
+#[derive(Default)]
+pub struct Lowering {
+    families: Vec<Memo>,
+}
+
+/// What one family's ports were lowered to, and under which settings.
+struct Memo {
+    settings: Settings,
+    ports: HashMap<PortId, Lowered>,
+}
+
+struct Lowered {
+    port: PortPlan,
+    placement: [Option<Placement>; 2],
+    fragment: Arc<Fragment>,
+}
+
+/// The family-wide inputs of a port's lowering.
+#[derive(Clone, PartialEq, Eq)]
+struct Settings {
+    family: Family,
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    masquerade_all: bool,
+}
+
+impl Settings {
+    fn of(plan: &FamilyPlan) -> Self {
+        Settings { family: plan.family, cluster_cidrs: plan.cluster_cidrs.clone(), masquerade_all: plan.masquerade_all }
+    }
+}
+
+impl Lowering {
+    pub fn lower(&mut self, plan: &NodePlan) -> Ruleset {
+        let mut families = Vec::with_capacity(plan.families.len());
+        let tables = plan
+            .families
+            .iter()
+            .map(|family| {
+                let settings = Settings::of(family);
+                let kept =
+                    self.families.iter().position(|m| m.settings == settings).map(|i| self.families.swap_remove(i));
+                let mut memo = kept.unwrap_or(Memo { settings, ports: HashMap::new() });
+                let table = lower_family(family, &mut memo.ports);
+                families.push(memo);
+                table
+            })
+            .collect();
+        self.families = families;
+        Ruleset { tables }
+    }
 }
 
 /// The chain names of one service port.
@@ -99,12 +157,11 @@ fn affinity_set(id: &PortId, target: Target) -> String {
 /// for all chains costs the square of the services. A chain's map and key range
 /// come from a hash of its name, so they do not move when other services come
 /// and go.
-struct EndpointMaps {
-    /// A power of two, chosen from the number of endpoints (about 512 a map).
-    count: u32,
-    /// Key ranges taken, as (map, slot).
-    taken: HashSet<(u32, u32)>,
-    elements: Vec<Vec<Element>>,
+/// Where one chain's endpoints are: a map and its first key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Placement {
+    map: u32,
+    offset: u32,
 }
 
 /// Keys per slot of an endpoint map; a chain with more endpoints takes several
@@ -114,54 +171,53 @@ const SLOT_KEYS: u32 = 1024;
 const HASHED_SLOTS: u32 = 1024;
 const ENDPOINTS_PER_MAP: usize = 512;
 
-impl EndpointMaps {
-    fn new(plan: &FamilyPlan) -> Self {
-        let endpoints: usize = plan
-            .ports
-            .iter()
-            .filter(|p| p.session_affinity.is_none())
-            .map(|p| p.endpoints(EndpointSet::Cluster).len() + p.endpoints(EndpointSet::Local).len())
-            .sum();
-        let count = endpoints.div_ceil(ENDPOINTS_PER_MAP).max(1).next_power_of_two() as u32;
-        EndpointMaps { count, taken: HashSet::new(), elements: vec![Vec::new(); count as usize] }
-    }
-
-    /// Places the endpoints of `chain`; returns the map's name and the first key.
-    fn place(&mut self, chain: &str, targets: &[Target]) -> (String, u32) {
-        let hash = xxhash_rust::xxh3::xxh3_64(chain.as_bytes());
-        let map = (hash % u64::from(self.count)) as u32;
-        let slots = (targets.len() as u32).div_ceil(SLOT_KEYS);
-        let mut first = ((hash >> 32) % u64::from(HASHED_SLOTS)) as u32;
-        while (first..first + slots).any(|slot| self.taken.contains(&(map, slot))) {
-            first += 1;
-        }
-        self.taken.extend((first..first + slots).map(|slot| (map, slot)));
-        let offset = first * SLOT_KEYS;
-        let elements = targets.iter().zip(offset..).map(|(t, key)| Element::endpoint(key, t.address, t.port.get()));
-        self.elements[map as usize].extend(elements);
-        (format!("{ENDPOINTS}-{map}"), offset)
-    }
-
-    /// The maps that hold endpoints.
-    fn finish(self) -> impl Iterator<Item = Set> {
-        self.elements.into_iter().enumerate().filter(|(_, e)| !e.is_empty()).map(|(i, mut elements)| {
-            elements.sort_unstable();
-            Set {
-                name: format!("{ENDPOINTS}-{i}"),
-                key: vec![KeyType::Numgen],
-                data: Some(MapData::Endpoint),
-                dynamic_timeout: None,
-                comment: None,
-                elements,
-            }
-        })
-    }
+/// How many endpoint maps a family has: a power of two, about 512 endpoints each.
+fn endpoint_map_count(plan: &FamilyPlan) -> u32 {
+    let endpoints: usize = plan
+        .ports
+        .iter()
+        .filter(|p| p.session_affinity.is_none())
+        .map(|p| p.endpoints(EndpointSet::Cluster).len() + p.endpoints(EndpointSet::Local).len())
+        .sum();
+    endpoints.div_ceil(ENDPOINTS_PER_MAP).max(1).next_power_of_two() as u32
 }
 
-/// Accumulates one table's sets and per-service chains; elements are sorted and
-/// deduplicated at the end, so the output is deterministic.
-struct Builder<'a> {
-    plan: &'a FamilyPlan,
+/// The placement of every load-balancing chain of the family, by port (in plan
+/// order) and endpoint set (cluster, local).
+fn placements(plan: &FamilyPlan) -> Vec<[Option<Placement>; 2]> {
+    let count = u64::from(endpoint_map_count(plan));
+    let mut taken: HashSet<(u32, u32)> = HashSet::new();
+    let mut place = |chain: &str, endpoints: usize| {
+        let hash = xxhash_rust::xxh3::xxh3_64(chain.as_bytes());
+        let map = (hash % count) as u32;
+        let slots = (endpoints as u32).div_ceil(SLOT_KEYS);
+        let mut first = ((hash >> 32) % u64::from(HASHED_SLOTS)) as u32;
+        while (first..first + slots).any(|slot| taken.contains(&(map, slot))) {
+            first += 1;
+        }
+        taken.extend((first..first + slots).map(|slot| (map, slot)));
+        Placement { map, offset: first * SLOT_KEYS }
+    };
+    plan.ports
+        .iter()
+        .map(|port| {
+            let chains = PortChains::new(&port.id);
+            [EndpointSet::Cluster, EndpointSet::Local].map(|set| {
+                let endpoints = port.endpoints(set).len();
+                (port.session_affinity.is_none() && endpoints > 0).then(|| place(chains.policy(set), endpoints))
+            })
+        })
+        .collect()
+}
+
+fn endpoint_map_name(map: u32) -> String {
+    format!("{ENDPOINTS}-{map}")
+}
+
+/// What one service port adds to its family's table: elements of the shared
+/// sets and maps, its affinity sets and its chains.
+#[derive(Default)]
+struct Fragment {
     cluster_ips: Vec<Element>,
     service_ips: Vec<Element>,
     service_nodeports: Vec<Element>,
@@ -170,8 +226,17 @@ struct Builder<'a> {
     no_endpoint_nodeports: Vec<Element>,
     hairpin: Vec<Element>,
     affinity_sets: Vec<Set>,
-    endpoint_maps: EndpointMaps,
-    service_chains: Vec<Chain>,
+    /// Elements of the endpoint maps, with the map each belongs to.
+    endpoints: Vec<(u32, Element)>,
+    chains: Vec<Arc<Chain>>,
+}
+
+/// Lowers one service port into its fragment.
+struct PortLowering<'a> {
+    plan: &'a FamilyPlan,
+    /// Of the cluster and the local chain.
+    placement: [Option<Placement>; 2],
+    out: Fragment,
 }
 
 fn addr_proto_port(address: IpAddr, id: &PortId, port: u16, verdict: Verdict) -> Element {
@@ -197,40 +262,24 @@ fn goto(chain: &str) -> Statement {
     Statement::Verdict(Verdict::Goto(chain.into()))
 }
 
-impl<'a> Builder<'a> {
-    fn new(plan: &'a FamilyPlan) -> Self {
-        Builder {
-            plan,
-            cluster_ips: Vec::new(),
-            service_ips: Vec::new(),
-            service_nodeports: Vec::new(),
-            firewall_ips: Vec::new(),
-            no_endpoint_services: Vec::new(),
-            no_endpoint_nodeports: Vec::new(),
-            hairpin: Vec::new(),
-            affinity_sets: Vec::new(),
-            endpoint_maps: EndpointMaps::new(plan),
-            service_chains: Vec::new(),
-        }
-    }
-
+impl PortLowering<'_> {
     fn add_port(&mut self, port: &PortPlan) {
         let id = &port.id;
         let chains = PortChains::new(id);
         let comment = id.to_string();
-        self.cluster_ips.push(Element::key(&[Value::Addr(port.cluster_ip)]));
+        self.out.cluster_ips.push(Element::key(&[Value::Addr(port.cluster_ip)]));
         for address in &port.all_endpoint_addresses {
-            self.hairpin.push(Element::key(&[Value::Addr(*address), Value::Addr(*address)]));
+            self.out.hairpin.push(Element::key(&[Value::Addr(*address), Value::Addr(*address)]));
         }
 
         match port.internal {
             Route::To(set) => {
                 let verdict = Verdict::Goto(chains.policy(set).into());
-                self.service_ips.push(addr_proto_port(port.cluster_ip, id, id.port, verdict));
+                self.out.service_ips.push(addr_proto_port(port.cluster_ip, id, id.port, verdict));
             }
             Route::Refuse(refusal) => {
                 let verdict = refusal_verdict(refusal);
-                self.no_endpoint_services.push(addr_proto_port(port.cluster_ip, id, id.port, verdict));
+                self.out.no_endpoint_services.push(addr_proto_port(port.cluster_ip, id, id.port, verdict));
             }
         }
 
@@ -242,11 +291,11 @@ impl<'a> Builder<'a> {
             Some(ExternalRoute::Chain(external)) => {
                 for address in &external_addresses {
                     let verdict = Verdict::Goto(chains.external.clone());
-                    self.service_ips.push(addr_proto_port(*address, id, id.port, verdict));
+                    self.out.service_ips.push(addr_proto_port(*address, id, id.port, verdict));
                 }
                 if let Some(node_port) = port.node_port {
                     let verdict = Verdict::Goto(chains.external.clone());
-                    self.service_nodeports.push(proto_port(id, node_port.get(), verdict));
+                    self.out.service_nodeports.push(proto_port(id, node_port.get(), verdict));
                 }
                 if let Some(refusal) = external.refuse {
                     self.refuse_external(port, &external_addresses, refusal);
@@ -258,7 +307,7 @@ impl<'a> Builder<'a> {
         if !port.source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
             for address in &port.load_balancer_ips {
                 let verdict = Verdict::Goto(chains.firewall.clone());
-                self.firewall_ips.push(addr_proto_port(*address, id, id.port, verdict));
+                self.out.firewall_ips.push(addr_proto_port(*address, id, id.port, verdict));
             }
             self.firewall_chain(port, &chains, &comment);
         }
@@ -273,10 +322,10 @@ impl<'a> Builder<'a> {
     fn refuse_external(&mut self, port: &PortPlan, addresses: &[IpAddr], refusal: Refusal) {
         let id = &port.id;
         for address in addresses {
-            self.no_endpoint_services.push(addr_proto_port(*address, id, id.port, refusal_verdict(refusal)));
+            self.out.no_endpoint_services.push(addr_proto_port(*address, id, id.port, refusal_verdict(refusal)));
         }
         if let Some(node_port) = port.node_port {
-            self.no_endpoint_nodeports.push(proto_port(id, node_port.get(), refusal_verdict(refusal)));
+            self.out.no_endpoint_nodeports.push(proto_port(id, node_port.get(), refusal_verdict(refusal)));
         }
     }
 
@@ -311,13 +360,20 @@ impl<'a> Builder<'a> {
         let proto = Match::Cmp { field: Field::L4Proto, negate: false, value: Value::Proto(id.protocol) };
         match port.session_affinity {
             None => {
-                let (map, offset) = self.endpoint_maps.place(name, targets);
-                let dnat = Statement::DnatMap { modulus: targets.len() as u32, offset, map };
+                let slot = match set {
+                    EndpointSet::Cluster => 0,
+                    EndpointSet::Local => 1,
+                };
+                let Placement { map, offset } = self.placement[slot].expect("every balancing chain is placed");
+                let elements =
+                    targets.iter().zip(offset..).map(|(t, key)| (map, Element::endpoint(key, t.address, t.port.get())));
+                self.out.endpoints.extend(elements);
+                let dnat = Statement::DnatMap { modulus: targets.len() as u32, offset, map: endpoint_map_name(map) };
                 rules.push(Rule::new(vec![proto], vec![dnat]).with_comment(comment));
             }
             Some(timeout) => rules.extend(self.affinity_rules(id, targets, timeout, proto, comment)),
         }
-        self.service_chains.push(Chain { name: name.into(), hook: None, rules });
+        self.out.chains.push(Arc::new(Chain { name: name.into(), hook: None, rules }));
     }
 
     /// Session affinity: each endpoint remembers its clients in a dynamic set, and
@@ -337,7 +393,7 @@ impl<'a> Builder<'a> {
             .iter()
             .map(|t| {
                 let name = affinity_set(id, *t);
-                self.affinity_sets.push(Set {
+                self.out.affinity_sets.push(Set {
                     name: name.clone(),
                     key: vec![KeyType::addr(self.plan.family)],
                     data: None,
@@ -385,7 +441,7 @@ impl<'a> Builder<'a> {
         if let Some(target) = external.target {
             rules.push(Rule::new(vec![], vec![goto(chains.policy(target))]).with_comment(comment));
         }
-        self.service_chains.push(Chain { name: chains.external.clone(), hook: None, rules });
+        self.out.chains.push(Arc::new(Chain { name: chains.external.clone(), hook: None, rules }));
     }
 
     /// Reached (by goto from `firewall-check`) for load-balancer IPs with source
@@ -401,89 +457,103 @@ impl<'a> Builder<'a> {
             })
             .collect();
         rules.push(Rule::new(vec![], vec![Statement::Verdict(Verdict::Drop)]).with_comment(comment));
-        self.service_chains.push(Chain { name: chains.firewall.clone(), hook: None, rules });
-    }
-
-    fn finish(mut self) -> Table {
-        let family = self.plan.family;
-        let addr = KeyType::addr(family);
-        let target_key = vec![addr, KeyType::InetProto, KeyType::InetService];
-        let port_key = vec![KeyType::InetProto, KeyType::InetService];
-        let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, mut elements: Vec<Element>| {
-            elements.sort_unstable();
-            elements.dedup();
-            let data = verdict_map.then_some(MapData::Verdict);
-            Set { name: name.into(), key, data, dynamic_timeout: None, comment: Some(comment.into()), elements }
-        };
-        let mut sets = vec![
-            set(CLUSTER_IPS, vec![addr], false, "every cluster IP", std::mem::take(&mut self.cluster_ips)),
-            set(
-                SERVICE_IPS,
-                target_key.clone(),
-                true,
-                "cluster, external and load-balancer IPs with endpoints",
-                std::mem::take(&mut self.service_ips),
-            ),
-            set(
-                SERVICE_NODEPORTS,
-                port_key.clone(),
-                true,
-                "node ports with endpoints",
-                std::mem::take(&mut self.service_nodeports),
-            ),
-            set(
-                FIREWALL_IPS,
-                target_key.clone(),
-                true,
-                "load-balancer IPs with source ranges",
-                std::mem::take(&mut self.firewall_ips),
-            ),
-            set(
-                NO_ENDPOINT_SERVICES,
-                target_key,
-                true,
-                "service IPs without usable endpoints",
-                std::mem::take(&mut self.no_endpoint_services),
-            ),
-            set(
-                NO_ENDPOINT_NODEPORTS,
-                port_key,
-                true,
-                "node ports without usable endpoints",
-                std::mem::take(&mut self.no_endpoint_nodeports),
-            ),
-            set(
-                HAIRPIN,
-                vec![addr, addr],
-                false,
-                "endpoint . endpoint: a pod reaching itself",
-                std::mem::take(&mut self.hairpin),
-            ),
-        ];
-        if let NodePortScope::Addresses(addresses) = &self.plan.node_ports_on {
-            let elements = addresses.iter().map(|a| Element::key(&[Value::Addr(*a)])).collect();
-            sets.insert(1, set(NODEPORT_IPS, vec![addr], false, "addresses accepting node ports", elements));
-        }
-        self.affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
-        // The cluster and local chains of one port share an endpoint's set, so a
-        // client keeps its endpoint whichever chain it comes through.
-        self.affinity_sets.dedup_by(|a, b| a.name == b.name);
-        sets.append(&mut self.affinity_sets);
-        sets.extend(self.endpoint_maps.finish());
-
-        let mut chains = base_chains(self.plan);
-        self.service_chains.sort_by(|a, b| a.name.cmp(&b.name));
-        chains.append(&mut self.service_chains);
-        Table { family, name: TABLE_NAME.into(), sets, chains }
+        self.out.chains.push(Arc::new(Chain { name: chains.firewall.clone(), hook: None, rules }));
     }
 }
 
-fn lower_family(plan: &FamilyPlan) -> Table {
-    let mut builder = Builder::new(plan);
-    for port in &plan.ports {
-        builder.add_port(port);
+/// Lowers a family's ports, reusing the fragment of every port whose plan and
+/// placement are those it was lowered with (`memo`, updated to this plan), and
+/// assembles the table. Elements are sorted and deduplicated, chains sorted by
+/// name, so the output is deterministic.
+fn lower_family(plan: &FamilyPlan, memo: &mut HashMap<PortId, Lowered>) -> Table {
+    let placements = placements(plan);
+    let mut kept = HashMap::with_capacity(plan.ports.len());
+    let fragments: Vec<Arc<Fragment>> = plan
+        .ports
+        .iter()
+        .zip(placements)
+        .map(|(port, placement)| {
+            let fragment = match memo.remove(&port.id) {
+                Some(old) if old.port == *port && old.placement == placement => old.fragment,
+                _ => {
+                    let mut lowering = PortLowering { plan, placement, out: Fragment::default() };
+                    lowering.add_port(port);
+                    Arc::new(lowering.out)
+                }
+            };
+            kept.insert(port.id.clone(), Lowered { port: port.clone(), placement, fragment: fragment.clone() });
+            fragment
+        })
+        .collect();
+    *memo = kept;
+    assemble(plan, &fragments)
+}
+
+fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>]) -> Table {
+    let family = plan.family;
+    let addr = KeyType::addr(family);
+    let target_key = vec![addr, KeyType::InetProto, KeyType::InetService];
+    let port_key = vec![KeyType::InetProto, KeyType::InetService];
+    let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, part: fn(&Fragment) -> &[Element]| {
+        let mut elements: Vec<Element> = fragments.iter().flat_map(|f| part(f)).cloned().collect();
+        elements.sort_unstable();
+        elements.dedup();
+        let data = verdict_map.then_some(MapData::Verdict);
+        Set { name: name.into(), key, data, dynamic_timeout: None, comment: Some(comment.into()), elements }
+    };
+    let mut sets = vec![
+        set(CLUSTER_IPS, vec![addr], false, "every cluster IP", |f| &f.cluster_ips),
+        set(SERVICE_IPS, target_key.clone(), true, "cluster, external and load-balancer IPs with endpoints", |f| {
+            &f.service_ips
+        }),
+        set(SERVICE_NODEPORTS, port_key.clone(), true, "node ports with endpoints", |f| &f.service_nodeports),
+        set(FIREWALL_IPS, target_key.clone(), true, "load-balancer IPs with source ranges", |f| &f.firewall_ips),
+        set(NO_ENDPOINT_SERVICES, target_key, true, "service IPs without usable endpoints", |f| {
+            &f.no_endpoint_services
+        }),
+        set(NO_ENDPOINT_NODEPORTS, port_key, true, "node ports without usable endpoints", |f| &f.no_endpoint_nodeports),
+        set(HAIRPIN, vec![addr, addr], false, "endpoint . endpoint: a pod reaching itself", |f| &f.hairpin),
+    ];
+    if let NodePortScope::Addresses(addresses) = &plan.node_ports_on {
+        let elements = addresses.iter().map(|a| Element::key(&[Value::Addr(*a)])).collect();
+        let declared = Set {
+            name: NODEPORT_IPS.into(),
+            key: vec![addr],
+            data: None,
+            dynamic_timeout: None,
+            comment: Some("addresses accepting node ports".into()),
+            elements,
+        };
+        sets.insert(1, declared);
     }
-    builder.finish()
+    let mut affinity_sets: Vec<Set> = fragments.iter().flat_map(|f| f.affinity_sets.iter().cloned()).collect();
+    affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
+    // The cluster and local chains of one port share an endpoint's set, so a
+    // client keeps its endpoint whichever chain it comes through.
+    affinity_sets.dedup_by(|a, b| a.name == b.name);
+    sets.append(&mut affinity_sets);
+
+    let mut endpoint_maps = vec![Vec::new(); endpoint_map_count(plan) as usize];
+    for (map, element) in fragments.iter().flat_map(|f| &f.endpoints) {
+        endpoint_maps[*map as usize].push(element.clone());
+    }
+    sets.extend(endpoint_maps.into_iter().enumerate().filter(|(_, e)| !e.is_empty()).map(|(map, mut elements)| {
+        elements.sort_unstable();
+        Set {
+            name: endpoint_map_name(map as u32),
+            key: vec![KeyType::Numgen],
+            data: Some(MapData::Endpoint),
+            dynamic_timeout: None,
+            comment: None,
+            elements,
+        }
+    }));
+
+    let mut chains: Vec<Arc<Chain>> = base_chains(plan).into_iter().map(Arc::new).collect();
+    let mut service_chains: Vec<Arc<Chain>> = fragments.iter().flat_map(|f| f.chains.iter().cloned()).collect();
+    service_chains.sort_by(|a, b| a.name.cmp(&b.name));
+    chains.append(&mut service_chains);
+    Table { family, name: TABLE_NAME.into(), sets, chains }
 }
 
 /// The hooks, dispatch and helper chains every table has.

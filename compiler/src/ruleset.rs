@@ -6,6 +6,7 @@
 //! exact meaning in the kernel; nothing here is a string of nft syntax.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -37,12 +38,14 @@ pub struct Table {
     pub name: String,
     /// Sets and maps, declared before the chains that use them.
     pub sets: Vec<Set>,
-    pub chains: Vec<Chain>,
+    /// Shared: a chain that did not change between two lowerings is the same
+    /// allocation in both (see `lower::Lowering`).
+    pub chains: Vec<Arc<Chain>>,
 }
 
 impl Table {
     pub fn chain(&self, name: &str) -> Option<&Chain> {
-        self.chains.iter().find(|c| c.name == name)
+        self.chains.iter().find(|c| c.name == name).map(|c| &**c)
     }
 
     pub fn set(&self, name: &str) -> Option<&Set> {

@@ -177,13 +177,13 @@ impl<'a> Tracer<'a> {
         let tables = &ruleset.tables;
         let mut base_chains: Vec<_> = tables
             .iter()
-            .flat_map(|t| t.chains.iter().map(move |c| (t, c)))
+            .flat_map(|t| t.chains.iter().map(move |c| (t, &**c)))
             .filter_map(|(t, c)| c.hook.map(|h| (t, c, h.hook, h.kind, h.priority)))
             .collect();
         base_chains.sort_by_key(|(_, _, _, _, priority)| *priority);
         let chains = tables
             .iter()
-            .flat_map(|t| t.chains.iter().map(move |c| ((t.family, t.name.as_str(), c.name.as_str()), c)))
+            .flat_map(|t| t.chains.iter().map(move |c| ((t.family, t.name.as_str(), c.name.as_str()), &**c)))
             .collect();
         let sets = tables
             .iter()
@@ -790,6 +790,7 @@ mod tests {
     }
 
     fn run(sets: Vec<Set>, chains: Vec<Chain>, from: &str, to: &str, options: &TraceOptions) -> Trace {
+        let chains = chains.into_iter().map(std::sync::Arc::new).collect();
         let table = Table { family: Family::Ipv4, name: TABLE_NAME.into(), sets, chains };
         let ruleset = Ruleset { tables: vec![table] };
         let to = parse_destination(to).expect("destination");

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use svcnft_compiler::policy::{Family, Protocol};
@@ -330,11 +331,11 @@ pub fn decode_table(family: Family, state: &nl::TableState) -> DecodedTable {
         .map(|c| {
             let of_chain = rules.remove(c.name.as_str()).unwrap_or_default();
             handles.insert(c.name.clone(), of_chain.iter().map(|r| r.handle.unwrap_or_default()).collect());
-            Chain {
+            Arc::new(Chain {
                 name: c.name.clone(),
                 hook: c.base.as_ref().map(decode_hook),
                 rules: of_chain.into_iter().map(|r| decode_rule(family, r)).collect(),
-            }
+            })
         })
         .collect();
     DecodedTable { table: Table { family, name: TABLE_NAME.into(), sets, chains }, handles }

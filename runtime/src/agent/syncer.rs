@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use svcnft_compiler::check::Incremental;
+use svcnft_compiler::lower::Lowering;
 use svcnft_compiler::plan::HealthCheck;
 use svcnft_compiler::{NodePlan, PlanError, Ruleset, SourceFile};
 
@@ -45,6 +46,8 @@ pub struct Syncer {
     /// The parses of the last files read: after an edit, only the items whose text
     /// changed are parsed again.
     front: Incremental,
+    /// Lowered ports kept between syncs: an edit lowers only what it changed.
+    lowering: Lowering,
     good: Option<Compiled>,
     /// The kernel holds `good` as far as we know (no failed apply since).
     in_sync: bool,
@@ -60,7 +63,17 @@ impl Syncer {
         status: Arc<Status>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Syncer { paths, node, applier, front: Incremental::default(), good: None, in_sync: false, status, metrics }
+        Syncer {
+            paths,
+            node,
+            applier,
+            front: Incremental::default(),
+            lowering: Lowering::default(),
+            good: None,
+            in_sync: false,
+            status,
+            metrics,
+        }
     }
 
     /// The plan of the last good policy.
@@ -135,8 +148,9 @@ impl Syncer {
         if !checked.warnings.is_empty() {
             tracing::warn!("policy warnings\n{}", checked.warnings.render(&files));
         }
-        let (plan, ruleset) = svcnft_compiler::compile(&checked.policy, &self.node)?;
-        Ok(Compiled { sources: files, plan, ruleset: Arc::new(ruleset) })
+        let plan = svcnft_compiler::plan(&checked.policy, &self.node)?;
+        let ruleset = Arc::new(self.lowering.lower(&plan));
+        Ok(Compiled { sources: files, plan, ruleset })
     }
 
     fn record(

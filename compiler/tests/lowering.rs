@@ -1,0 +1,57 @@
+//! Lowering that remembers: whatever sequence of plans it sees, its result is
+//! exactly what lowering each plan afresh gives, and chains of unchanged ports
+//! are shared with the previous result.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use svcnft_compiler::lower::{lower, Lowering};
+use svcnft_compiler::synthetic::{policy_text, Shape};
+use svcnft_compiler::{NodePlan, Ruleset, SourceFile};
+
+fn plan(text: String) -> NodePlan {
+    let files = [SourceFile { name: "synthetic.svc".into(), text }];
+    let checked = svcnft_compiler::check(&files).expect("the synthetic policy is valid");
+    svcnft_compiler::plan(&checked.policy, "node-0").expect("node-0 exists")
+}
+
+fn chains(ruleset: &Ruleset) -> HashMap<&str, &Arc<svcnft_compiler::ruleset::Chain>> {
+    ruleset.tables[0].chains.iter().map(|c| (c.name.as_str(), c)).collect()
+}
+
+const SHAPE: Shape = Shape { services: 300, endpoints_per_service: 4, nodes: 5, affinity_every: 7 };
+
+#[test]
+fn remembering_lowers_as_lowering_afresh() {
+    let texts = [
+        policy_text(SHAPE, 0),
+        policy_text(SHAPE, 1),
+        policy_text(SHAPE, 2),
+        policy_text(Shape { services: 310, ..SHAPE }, 2),
+        policy_text(Shape { services: 120, ..SHAPE }, 2),
+        policy_text(Shape { affinity_every: 3, ..SHAPE }, 0),
+        // Enough endpoints for more endpoint maps: every placement moves.
+        policy_text(Shape { services: 300, endpoints_per_service: 9, ..SHAPE }, 0),
+        policy_text(SHAPE, 0).replace("cluster-cidr 10.128.0.0/9", "cluster-cidr 10.128.0.0/10"),
+        policy_text(SHAPE, 3),
+    ];
+    let mut lowering = Lowering::default();
+    for (i, text) in texts.into_iter().enumerate() {
+        let plan = plan(text);
+        assert_eq!(lowering.lower(&plan), lower(&plan), "step {i}");
+    }
+}
+
+#[test]
+fn unchanged_ports_keep_their_chains() {
+    let mut lowering = Lowering::default();
+    let before = lowering.lower(&plan(policy_text(SHAPE, 1)));
+    let after = lowering.lower(&plan(policy_text(SHAPE, 2)));
+    let (before, after) = (chains(&before), chains(&after));
+    let fresh: Vec<&&str> = after.keys().filter(|name| !Arc::ptr_eq(after[*name], before[*name])).collect();
+    // Revisions move one endpoint of service 1: only its chain, and the base
+    // chains (always rebuilt, a handful), are lowered again.
+    let services: Vec<&&&str> = fresh.iter().filter(|name| name.contains("default/svc-")).collect();
+    assert_eq!(services, [&&"cluster-default/svc-1/tcp/80"]);
+    assert!(fresh.len() < 20, "{fresh:?}");
+}
