@@ -94,9 +94,11 @@ impl Applier {
             if let Some(state) = self.conn.read_table_config(nl_family(family), TABLE_NAME)? {
                 committed.generation = committed.generation.max(state.generation);
                 let decoded = kernel::decode_table(family, &state);
-                for (chain, handles) in decoded.handles {
-                    committed.handles.insert((family, chain), handles);
-                }
+                // Collected and appended (in order, so built in bulk) rather
+                // than inserted one by one, comparing the long shared prefixes
+                // of thousands of chain names.
+                let mut handles = decoded.handles.into_iter().map(|(chain, h)| ((family, chain), h)).collect();
+                committed.handles.append(&mut handles);
                 committed.ruleset.tables.push(decoded.table);
             }
         }

@@ -32,7 +32,8 @@ pub struct TableState {
     pub table: Table,
     pub chains: Vec<Chain>,
     pub sets: Vec<(Set, Vec<Element>)>,
-    /// In chain order within each chain, with handles.
+    /// Chain by chain in the order of `chains`, each chain's in rule order,
+    /// with handles.
     pub rules: Vec<Rule>,
 }
 
