@@ -96,9 +96,7 @@ impl Applier {
             if let Some(state) = self.conn.read_table_config(nl_family(family), TABLE_NAME)? {
                 committed.generation = committed.generation.max(state.generation);
                 let decoded = kernel::decode_table(family, &state);
-                for (chain, handles) in decoded.handles {
-                    committed.handles.insert((family, chain), handles);
-                }
+                committed.handles.extend(decoded.handles.into_iter().map(|(chain, h)| ((family, chain), h)));
                 ruleset.tables.push(decoded.table);
             }
         }

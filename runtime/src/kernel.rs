@@ -320,21 +320,20 @@ pub struct DecodedTable {
 /// desired rule, so the diff replaces it.
 pub fn decode_table(family: Family, state: &nl::TableState) -> DecodedTable {
     let sets: Vec<Set> = state.sets.iter().map(|(set, elements)| decode_set(family, set, elements)).collect();
-    let mut rules: BTreeMap<&str, Vec<&nl::Rule>> = BTreeMap::new();
-    for rule in &state.rules {
-        rules.entry(rule.chain.as_str()).or_default().push(rule);
-    }
+    // The rules come chain by chain, in the order of the chains.
+    let mut rest = state.rules.as_slice();
     let mut handles = BTreeMap::new();
     let chains = state
         .chains
         .iter()
         .map(|c| {
-            let of_chain = rules.remove(c.name.as_str()).unwrap_or_default();
+            let (of_chain, after) = rest.split_at(rest.iter().take_while(|r| r.chain == c.name).count());
+            rest = after;
             handles.insert(c.name.clone(), of_chain.iter().map(|r| r.handle.unwrap_or_default()).collect());
             Arc::new(Chain {
                 name: c.name.clone(),
                 hook: c.base.as_ref().map(decode_hook),
-                rules: of_chain.into_iter().map(|r| decode_rule(family, r)).collect(),
+                rules: of_chain.iter().map(|r| decode_rule(family, r)).collect(),
             })
         })
         .collect();

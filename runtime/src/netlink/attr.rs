@@ -100,8 +100,14 @@ pub(crate) fn u8(v: &[u8]) -> Result<u8, Error> {
 }
 
 pub(crate) fn string(v: &[u8]) -> Result<String, Error> {
+    str(v).map(str::to_owned)
+}
+
+/// A NUL-terminated string attribute, borrowed: read-back compares and
+/// matches most names without keeping them.
+pub(crate) fn str(v: &[u8]) -> Result<&str, Error> {
     let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-    String::from_utf8(v[..end].to_vec()).map_err(|_| Error::Malformed("non-UTF-8 name".into()))
+    std::str::from_utf8(&v[..end]).map_err(|_| Error::Malformed("non-UTF-8 name".into()))
 }
 
 /// libnftnl's userdata TLVs (u8 type, u8 length, value): where `nft` keeps

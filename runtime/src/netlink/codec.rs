@@ -257,12 +257,12 @@ pub(crate) fn encode_rule(w: &mut Writer, table: &str, r: &Rule) {
     }
 }
 
-pub(crate) fn decode_rule(attrs: &[u8]) -> Result<(String, Rule), Error> {
-    let mut table = String::new();
+pub(crate) fn decode_rule(attrs: &[u8]) -> Result<(&str, Rule), Error> {
+    let mut table = "";
     let mut rule = Rule { chain: String::new(), handle: None, exprs: Vec::new(), comment: None };
     for a in Attrs::new(attrs) {
         match a? {
-            (1, v) => table = attr::string(v)?,
+            (1, v) => table = attr::str(v)?,
             (2, v) => rule.chain = attr::string(v)?,
             (3, v) => rule.handle = Some(attr::be64(v)?),
             (4, v) => {

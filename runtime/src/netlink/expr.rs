@@ -411,13 +411,13 @@ impl Expr {
         let mut data: &[u8] = &[];
         for a in Attrs::new(elem) {
             match a? {
-                (1, v) => name = Some(attr::string(v)?),
+                (1, v) => name = Some(attr::str(v)?),
                 (2, v) => data = v,
                 _ => {}
             }
         }
         let name = name.ok_or_else(|| Error::Malformed("expression without name".into()))?;
-        Ok(Self::decode_known(&name, data).unwrap_or_else(|_| Expr::Raw { name, data: data.to_vec() }))
+        Ok(Self::decode_known(name, data).unwrap_or_else(|_| Expr::Raw { name: name.to_owned(), data: data.to_vec() }))
     }
 
     fn decode_known(name: &str, data: &[u8]) -> Result<Expr, Error> {
