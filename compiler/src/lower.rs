@@ -526,13 +526,9 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>]) -> Table {
         };
         sets.insert(1, declared);
     }
-    let mut affinity_sets: Vec<Set> = fragments.iter().flat_map(|f| f.affinity_sets.iter().cloned()).collect();
-    affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
-    // The cluster and local chains of one port share an endpoint's set, so a
-    // client keeps its endpoint whichever chain it comes through.
-    affinity_sets.dedup_by(|a, b| a.name == b.name);
-    sets.append(&mut affinity_sets);
-
+    // Endpoint maps before the affinity sets: the kernel finds a set by name by
+    // walking the table's sets in the order they were added, for every rule
+    // that names one, and every balancing rule names an endpoint map.
     let mut endpoint_maps = vec![Vec::new(); endpoint_map_count(plan) as usize];
     for (map, element) in fragments.iter().flat_map(|f| &f.endpoints) {
         endpoint_maps[*map as usize].push(element.clone());
@@ -548,6 +544,13 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>]) -> Table {
             elements,
         }
     }));
+
+    let mut affinity_sets: Vec<Set> = fragments.iter().flat_map(|f| f.affinity_sets.iter().cloned()).collect();
+    affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
+    // The cluster and local chains of one port share an endpoint's set, so a
+    // client keeps its endpoint whichever chain it comes through.
+    affinity_sets.dedup_by(|a, b| a.name == b.name);
+    sets.append(&mut affinity_sets);
 
     let mut chains: Vec<Arc<Chain>> = base_chains(plan).into_iter().map(Arc::new).collect();
     let mut service_chains: Vec<Arc<Chain>> = fragments.iter().flat_map(|f| f.chains.iter().cloned()).collect();
