@@ -109,7 +109,7 @@ fn canonical(ruleset: &Ruleset) -> Ruleset {
         table.sets.sort_by(|a, b| a.name.cmp(&b.name));
         table.chains.sort_by(|a, b| a.name.cmp(&b.name));
         for set in &mut table.sets {
-            set.elements.sort();
+            std::sync::Arc::make_mut(set).elements.sort();
         }
     }
     ruleset

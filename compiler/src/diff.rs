@@ -241,7 +241,9 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
         if old.is_none() {
             phases.push(Phase::AddSetsAndChains, Op::AddSet { family, set: declaration(set) });
         }
-        if set.dynamic_timeout.is_some() {
+        // Dynamic sets' elements are the data path's; the same allocation is a
+        // set a lowering kept.
+        if set.dynamic_timeout.is_some() || old.is_some_and(|old| Arc::ptr_eq(old, set)) {
             continue;
         }
         let old_elements: &[Element] = old.map_or(&[], |old| &old.elements);

@@ -64,10 +64,13 @@ pub struct Lowering {
     families: Vec<Memo>,
 }
 
-/// What one family's ports were lowered to, and under which settings.
+/// What one family's ports were lowered to, under which settings, and the
+/// shared sets and maps they were assembled into.
 struct Memo {
     settings: Settings,
     ports: HashMap<PortId, Lowered>,
+    /// By name; affinity sets are kept by their ports.
+    sets: HashMap<String, Arc<Set>>,
 }
 
 struct Lowered {
@@ -100,8 +103,8 @@ impl Lowering {
                 let settings = Settings::of(family);
                 let kept =
                     self.families.iter().position(|m| m.settings == settings).map(|i| self.families.swap_remove(i));
-                let mut memo = kept.unwrap_or(Memo { settings, ports: HashMap::new() });
-                let table = lower_family(family, &mut memo.ports);
+                let mut memo = kept.unwrap_or(Memo { settings, ports: HashMap::new(), sets: HashMap::new() });
+                let table = lower_family(family, &mut memo);
                 families.push(memo);
                 table
             })
@@ -225,7 +228,7 @@ struct Fragment {
     no_endpoint_services: Vec<Element>,
     no_endpoint_nodeports: Vec<Element>,
     hairpin: Vec<Element>,
-    affinity_sets: Vec<Set>,
+    affinity_sets: Vec<Arc<Set>>,
     /// Elements of the endpoint maps, with the map each belongs to.
     endpoints: Vec<(u32, Element)>,
     chains: Vec<Arc<Chain>>,
@@ -393,14 +396,14 @@ impl PortLowering<'_> {
             .iter()
             .map(|t| {
                 let name = affinity_set(id, *t);
-                self.out.affinity_sets.push(Set {
+                self.out.affinity_sets.push(Arc::new(Set {
                     name: name.clone(),
                     key: vec![KeyType::addr(self.plan.family)],
                     data: None,
                     dynamic_timeout: Some(timeout),
                     comment: None,
                     elements: Vec::new(),
-                });
+                }));
                 name
             })
             .collect();
@@ -462,44 +465,64 @@ impl PortLowering<'_> {
 }
 
 /// Lowers a family's ports, reusing the fragment of every port whose plan and
-/// placement are those it was lowered with (`memo`, updated to this plan), and
-/// assembles the table. Elements are sorted and deduplicated, chains sorted by
-/// name, so the output is deterministic.
-fn lower_family(plan: &FamilyPlan, memo: &mut HashMap<PortId, Lowered>) -> Table {
+/// placement are those it was lowered with, and assembles the table; `memo` is
+/// updated to this plan.
+fn lower_family(plan: &FamilyPlan, memo: &mut Memo) -> Table {
     let placements = placements(plan);
     let mut kept = HashMap::with_capacity(plan.ports.len());
+    // Fragments lowered anew, and the ones they replace: only the sets these
+    // contribute to can differ from the last assembly.
+    let mut changes: Vec<(Option<Arc<Fragment>>, Option<Arc<Fragment>>)> = Vec::new();
     let fragments: Vec<Arc<Fragment>> = plan
         .ports
         .iter()
         .zip(placements)
         .map(|(port, placement)| {
-            let fragment = match memo.remove(&port.id) {
+            let old = memo.ports.remove(&port.id);
+            let fragment = match old {
                 Some(old) if old.port == *port && old.placement == placement => old.fragment,
-                _ => {
+                old => {
                     let mut lowering = PortLowering { plan, placement, out: Fragment::default() };
                     lowering.add_port(port);
-                    Arc::new(lowering.out)
+                    let fragment = Arc::new(lowering.out);
+                    changes.push((old.map(|o| o.fragment), Some(fragment.clone())));
+                    fragment
                 }
             };
             kept.insert(port.id.clone(), Lowered { port: port.clone(), placement, fragment: fragment.clone() });
             fragment
         })
         .collect();
-    *memo = kept;
-    assemble(plan, &fragments)
+    changes.extend(memo.ports.drain().map(|(_, gone)| (Some(gone.fragment), None)));
+    memo.ports = kept;
+    let table = assemble(plan, &fragments, &changes, &memo.sets);
+    memo.sets =
+        table.sets.iter().filter(|s| s.dynamic_timeout.is_none()).map(|s| (s.name.clone(), s.clone())).collect();
+    table
 }
 
-fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>]) -> Table {
+/// The table of `fragments`. A shared set none of the `changes` contributes to
+/// differently is taken from `previous`, the same allocation.
+fn assemble(
+    plan: &FamilyPlan,
+    fragments: &[Arc<Fragment>],
+    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
+    previous: &HashMap<String, Arc<Set>>,
+) -> Table {
     let family = plan.family;
     let addr = KeyType::addr(family);
     let target_key = vec![addr, KeyType::InetProto, KeyType::InetService];
     let port_key = vec![KeyType::InetProto, KeyType::InetService];
     let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, part: fn(&Fragment) -> &[Element]| {
+        let unchanged = changes.iter().all(|(old, new)| part_of(old, part) == part_of(new, part));
+        if let Some(kept) = previous.get(name).filter(|_| unchanged) {
+            return kept.clone();
+        }
         let mut elements: Vec<Element> = fragments.iter().flat_map(|f| part(f)).cloned().collect();
         elements.sort_unstable();
         elements.dedup();
         let data = verdict_map.then_some(MapData::Verdict);
-        Set { name: name.into(), key, data, dynamic_timeout: None, comment: Some(comment.into()), elements }
+        Arc::new(Set { name: name.into(), key, data, dynamic_timeout: None, comment: Some(comment.into()), elements })
     };
     let mut sets = vec![
         set(CLUSTER_IPS, vec![addr], false, "every cluster IP", |f| &f.cluster_ips),
@@ -524,28 +547,14 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>]) -> Table {
             comment: Some("addresses accepting node ports".into()),
             elements,
         };
-        sets.insert(1, declared);
+        let kept = previous.get(NODEPORT_IPS).filter(|kept| ***kept == declared);
+        sets.insert(1, kept.cloned().unwrap_or_else(|| Arc::new(declared)));
     }
     // Endpoint maps before the affinity sets: the kernel finds a set by name by
     // walking the table's sets in the order they were added, for every rule
     // that names one, and every balancing rule names an endpoint map.
-    let mut endpoint_maps = vec![Vec::new(); endpoint_map_count(plan) as usize];
-    for (map, element) in fragments.iter().flat_map(|f| &f.endpoints) {
-        endpoint_maps[*map as usize].push(element.clone());
-    }
-    sets.extend(endpoint_maps.into_iter().enumerate().filter(|(_, e)| !e.is_empty()).map(|(map, mut elements)| {
-        elements.sort_unstable();
-        Set {
-            name: endpoint_map_name(map as u32),
-            key: vec![KeyType::Numgen],
-            data: Some(MapData::Endpoint),
-            dynamic_timeout: None,
-            comment: None,
-            elements,
-        }
-    }));
-
-    let mut affinity_sets: Vec<Set> = fragments.iter().flat_map(|f| f.affinity_sets.iter().cloned()).collect();
+    sets.extend(endpoint_maps(plan, fragments, changes, previous));
+    let mut affinity_sets: Vec<Arc<Set>> = fragments.iter().flat_map(|f| f.affinity_sets.iter().cloned()).collect();
     affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
     // The cluster and local chains of one port share an endpoint's set, so a
     // client keeps its endpoint whichever chain it comes through.
@@ -557,6 +566,64 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>]) -> Table {
     service_chains.sort_by(|a, b| a.name.cmp(&b.name));
     chains.append(&mut service_chains);
     Table { family, name: TABLE_NAME.into(), sets, chains }
+}
+
+/// What a fragment, if any, contributes to one part of the table.
+fn part_of<T>(fragment: &Option<Arc<Fragment>>, part: fn(&Fragment) -> &[T]) -> &[T] {
+    fragment.as_deref().map_or(&[], part)
+}
+
+/// The non-empty endpoint maps; those none of the `changes` touches are taken
+/// from `previous`.
+fn endpoint_maps(
+    plan: &FamilyPlan,
+    fragments: &[Arc<Fragment>],
+    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
+    previous: &HashMap<String, Arc<Set>>,
+) -> Vec<Arc<Set>> {
+    let count = endpoint_map_count(plan) as usize;
+    let endpoints_of = |f| part_of(f, |f| &f.endpoints);
+    let mut touched = vec![false; count];
+    for (old, new) in changes {
+        if endpoints_of(old) != endpoints_of(new) {
+            for (map, _) in endpoints_of(old).iter().chain(endpoints_of(new)) {
+                // A fragment from before the map count shrank may name a map
+                // that is gone.
+                if let Some(t) = touched.get_mut(*map as usize) {
+                    *t = true;
+                }
+            }
+        }
+    }
+    // When the map count changes, so do all placements: every map is touched.
+    let mut rebuilt: Vec<Vec<Element>> = vec![Vec::new(); count];
+    for (map, element) in fragments.iter().flat_map(|f| &f.endpoints) {
+        if touched[*map as usize] {
+            rebuilt[*map as usize].push(element.clone());
+        }
+    }
+    rebuilt
+        .into_iter()
+        .enumerate()
+        .filter_map(|(map, mut elements)| {
+            let name = endpoint_map_name(map as u32);
+            if !touched[map] {
+                return previous.get(&name).cloned();
+            }
+            if elements.is_empty() {
+                return None;
+            }
+            elements.sort_unstable();
+            Some(Arc::new(Set {
+                name,
+                key: vec![KeyType::Numgen],
+                data: Some(MapData::Endpoint),
+                dynamic_timeout: None,
+                comment: None,
+                elements,
+            }))
+        })
+        .collect()
 }
 
 /// The hooks, dispatch and helper chains every table has.

@@ -36,8 +36,8 @@ impl Ruleset {
 pub struct Table {
     pub family: Family,
     pub name: String,
-    /// Sets and maps, declared before the chains that use them.
-    pub sets: Vec<Set>,
+    /// Sets and maps, declared before the chains that use them; shared like chains.
+    pub sets: Vec<Arc<Set>>,
     /// Shared: a chain that did not change between two lowerings is the same
     /// allocation in both (see `lower::Lowering`).
     pub chains: Vec<Arc<Chain>>,
@@ -49,7 +49,7 @@ impl Table {
     }
 
     pub fn set(&self, name: &str) -> Option<&Set> {
-        self.sets.iter().find(|s| s.name == name)
+        self.sets.iter().find(|s| s.name == name).map(|s| &**s)
     }
 }
 

@@ -187,7 +187,7 @@ impl<'a> Tracer<'a> {
             .collect();
         let sets = tables
             .iter()
-            .flat_map(|t| t.sets.iter().map(move |s| ((t.family, t.name.as_str(), s.name.as_str()), s)))
+            .flat_map(|t| t.sets.iter().map(move |s| ((t.family, t.name.as_str(), s.name.as_str()), &**s)))
             .collect();
         let exact = tables
             .iter()
@@ -791,6 +791,7 @@ mod tests {
 
     fn run(sets: Vec<Set>, chains: Vec<Chain>, from: &str, to: &str, options: &TraceOptions) -> Trace {
         let chains = chains.into_iter().map(std::sync::Arc::new).collect();
+        let sets = sets.into_iter().map(std::sync::Arc::new).collect();
         let table = Table { family: Family::Ipv4, name: TABLE_NAME.into(), sets, chains };
         let ruleset = Ruleset { tables: vec![table] };
         let to = parse_destination(to).expect("destination");

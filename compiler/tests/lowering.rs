@@ -47,6 +47,16 @@ fn unchanged_ports_keep_their_chains() {
     let mut lowering = Lowering::default();
     let before = lowering.lower(&plan(policy_text(SHAPE, 1)));
     let after = lowering.lower(&plan(policy_text(SHAPE, 2)));
+    let sets_before: HashMap<&str, _> = before.tables[0].sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let fresh_sets: Vec<&str> = after.tables[0]
+        .sets
+        .iter()
+        .filter(|s| !Arc::ptr_eq(s, sets_before[s.name.as_str()]))
+        .map(|s| s.name.as_str())
+        .collect();
+    // The moved endpoint's address changes the hairpin set and one endpoint map.
+    assert_eq!(fresh_sets.len(), 2, "{fresh_sets:?}");
+    assert!(fresh_sets[0] == "hairpin" && fresh_sets[1].starts_with("endpoints-"), "{fresh_sets:?}");
     let (before, after) = (chains(&before), chains(&after));
     let fresh: Vec<&&str> = after.keys().filter(|name| !Arc::ptr_eq(after[*name], before[*name])).collect();
     // Revisions move one endpoint of service 1: only its chain, and the base

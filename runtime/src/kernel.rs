@@ -319,7 +319,7 @@ pub struct DecodedTable {
 /// decodes to an empty rule carrying its reason as a comment: it never equals a
 /// desired rule, so the diff replaces it.
 pub fn decode_table(family: Family, state: &nl::TableState) -> DecodedTable {
-    let sets: Vec<Set> = state.sets.iter().map(|(set, elements)| decode_set(family, set, elements)).collect();
+    let sets = state.sets.iter().map(|(set, elements)| Arc::new(decode_set(family, set, elements))).collect();
     // The rules come chain by chain, in the order of the chains.
     let mut rest = state.rules.as_slice();
     let mut handles = BTreeMap::new();
