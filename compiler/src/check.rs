@@ -4,10 +4,12 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 use svcnft_grammar::incremental::{reparse, Parsed};
 use svcnft_grammar::{
     ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, File, Item, ItemKind, NodeStmt, PortOption, PortStmt,
@@ -114,9 +116,10 @@ struct Checker<'a> {
     /// Where each declared service is in `out.services`: looking names up by
     /// scanning made checking 10k services take seconds.
     service_index: FxHashMap<NameRef<'a>, usize>,
-    /// The names in `out.nodes`: every endpoint names a node, and scanning the nodes
-    /// for each of 100k endpoints took a tenth of checking 10k services.
-    node_names: FxHashSet<&'a str>,
+    /// The names in `out.nodes`, shared with their endpoints: every endpoint names
+    /// a node, and scanning the nodes for each of 100k endpoints took a tenth of
+    /// checking 10k services.
+    node_names: FxHashSet<Arc<str>>,
     /// Services with an `endpoints` block already.
     with_endpoints: FxHashSet<usize>,
     /// Per service (by index): the spans of target ports given as names.
@@ -281,7 +284,7 @@ impl<'a> Checker<'a> {
             self.error(name.span, format!("node `{}` has no `address`; at least one is required", node.name));
         }
         if let (Some(valid), false) = (valid, duplicate) {
-            self.node_names.insert(valid);
+            self.node_names.insert(valid.into());
             self.out.nodes.push(node);
         }
     }
@@ -591,7 +594,7 @@ impl<'a> Checker<'a> {
             }
             _ => {}
         }
-        let mut block = Endpoints::default();
+        let mut block = Endpoints { ports: Vec::new(), endpoints: Vec::with_capacity(body.len()) };
         let mut addresses = FxHashSet::with_capacity_and_hasher(body.len(), Default::default());
         for stmt in body {
             match &stmt.kind {
@@ -700,13 +703,13 @@ impl<'a> Checker<'a> {
 
     /// The node of an endpoint; a declared node's name is valid already, so only
     /// the others are validated.
-    fn endpoint_node(&mut self, w: &'a Word) -> Option<String> {
+    fn endpoint_node(&mut self, w: &'a Word) -> Option<Arc<str>> {
         if let Some(name) = self.node_names.get(w.text.as_str()) {
-            return Some((*name).to_owned());
+            return Some(name.clone());
         }
         let name = self.name(w, "node name", MAX_NODE_NAME)?;
         self.error(w.span, format!("node `{name}` is not declared"));
-        Some(name.to_owned())
+        Some(name.into())
     }
 
     /// EndpointSlice conditions: `terminating` implies not ready but serving unless
@@ -919,9 +922,10 @@ impl fmt::Display for NameRef<'_> {
     }
 }
 
-/// The statement keywords of a block already seen.
+/// The statement keywords of a block already seen; inline, since every endpoint
+/// has one.
 #[derive(Default)]
-struct Once(Vec<&'static str>);
+struct Once(SmallVec<[&'static str; 4]>);
 
 /// A service as its statements are read; the rules that relate statements run after.
 #[derive(Default)]
