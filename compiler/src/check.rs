@@ -1,12 +1,15 @@
 //! The checker: builds the typed [`Policy`] from the ASTs of every file of a policy
 //! and enforces every rule of the language, reporting all errors it finds.
 
-use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 use svcnft_grammar::incremental::{reparse, Parsed};
 use svcnft_grammar::{
     ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, File, Item, ItemKind, NodeStmt, PortOption, PortStmt,
@@ -99,33 +102,36 @@ struct Origin {
     span: Span,
 }
 
+/// The checker's tables borrow names from the AST (`'a`) and hash with Fx: at 10k
+/// services, copying names into them and SipHash took a third of the check.
 #[derive(Default)]
-struct Checker {
+struct Checker<'a> {
     diags: Diagnostics,
     /// The file of the item being checked.
     file: usize,
     out: Policy,
     /// Node ports and health-check node ports in use, per protocol, and their service.
-    node_ports: HashMap<(Protocol, u16), ServiceName>,
-    cluster_ips: HashMap<IpAddr, ServiceName>,
+    node_ports: FxHashMap<(Protocol, u16), NameRef<'a>>,
+    cluster_ips: FxHashMap<IpAddr, NameRef<'a>>,
     /// Where each declared service is in `out.services`: looking names up by
     /// scanning made checking 10k services take seconds.
-    service_index: HashMap<ServiceName, usize>,
-    /// The names in `out.nodes`: every endpoint names a node, and scanning the nodes
-    /// for each of 100k endpoints took a tenth of checking 10k services.
-    node_names: HashSet<String>,
+    service_index: FxHashMap<NameRef<'a>, usize>,
+    /// The names in `out.nodes`, shared with their endpoints: every endpoint names
+    /// a node, and scanning the nodes for each of 100k endpoints took a tenth of
+    /// checking 10k services.
+    node_names: FxHashSet<Arc<str>>,
     /// Services with an `endpoints` block already.
-    with_endpoints: HashSet<usize>,
+    with_endpoints: FxHashSet<usize>,
     /// Per service (by index): the spans of target ports given as names.
     named_targets: Vec<Vec<(usize, Origin)>>,
 }
 
-impl Checker {
+impl<'a> Checker<'a> {
     fn error(&mut self, span: Span, message: impl Into<String>) {
         self.diags.push(Severity::Error, self.file, span, message.into());
     }
 
-    fn policy(&mut self, items: &[(usize, &Item)]) {
+    fn policy(&mut self, items: &[(usize, &'a Item)]) {
         // Cluster first (node-port-range and service CIDRs constrain services), then
         // nodes (endpoints name them), services, and endpoints last.
         let mut cluster_seen = false;
@@ -165,7 +171,7 @@ impl Checker {
 
     // ---- cluster ----------------------------------------------------------
 
-    fn cluster(&mut self, body: &[Stmt<ClusterStmt>]) -> Cluster {
+    fn cluster(&mut self, body: &'a [Stmt<ClusterStmt>]) -> Cluster {
         let mut cluster = Cluster::default();
         let mut once = Once::default();
         let mut node_port_addresses: Option<NodePortAddresses> = None;
@@ -244,10 +250,10 @@ impl Checker {
 
     // ---- node -------------------------------------------------------------
 
-    fn node(&mut self, name: &Word, body: &[Stmt<NodeStmt>]) {
+    fn node(&mut self, name: &'a Word, body: &'a [Stmt<NodeStmt>]) {
         // An invalid name still has its body checked; the node is then left out.
         let valid = self.name(name, "node name", MAX_NODE_NAME);
-        let duplicate = valid.as_ref().is_some_and(|n| self.node_names.contains(n));
+        let duplicate = valid.is_some_and(|n| self.node_names.contains(n));
         if duplicate {
             self.error(name.span, format!("node `{}` is already declared", name.text));
         }
@@ -268,7 +274,7 @@ impl Checker {
                 NodeStmt::PodCidr(ws) => node.pod_cidrs.extend(ws.iter().filter_map(|w| self.cidr(w))),
                 NodeStmt::Zone(w) => {
                     if self.once(&mut once, "zone", stmt.keyword) {
-                        node.zone = self.name(w, "zone", MAX_NAME);
+                        node.zone = self.name(w, "zone", MAX_NAME).map(str::to_owned);
                     }
                 }
             }
@@ -277,27 +283,26 @@ impl Checker {
         if !has_address {
             self.error(name.span, format!("node `{}` has no `address`; at least one is required", node.name));
         }
-        if valid.is_some() && !duplicate {
-            self.node_names.insert(node.name.clone());
+        if let (Some(valid), false) = (valid, duplicate) {
+            self.node_names.insert(valid.into());
             self.out.nodes.push(node);
         }
     }
 
     // ---- service ----------------------------------------------------------
 
-    fn service_name(&mut self, q: &QualifiedName) -> Option<ServiceName> {
+    /// `q` if both its parts are valid names.
+    fn service_name(&mut self, q: &'a QualifiedName) -> Option<NameRef<'a>> {
         let namespace = self.name(&q.namespace, "namespace", MAX_NAME);
         let name = self.name(&q.name, "service name", MAX_NAME);
-        Some(ServiceName { namespace: namespace?, name: name? })
+        namespace.and(name).map(|_| NameRef::of(q))
     }
 
-    fn service(&mut self, q: &QualifiedName, body: &[Stmt<ServiceStmt>]) {
+    fn service(&mut self, q: &'a QualifiedName, body: &'a [Stmt<ServiceStmt>]) {
         // An invalid name still has its body checked; the service is then left out.
-        let valid = self.service_name(q);
-        let name = valid
-            .clone()
-            .unwrap_or_else(|| ServiceName { namespace: q.namespace.text.clone(), name: q.name.text.clone() });
-        let duplicate = valid.is_some() && self.service_index.contains_key(&name);
+        let valid = self.service_name(q).is_some();
+        let name = NameRef::of(q);
+        let duplicate = valid && self.service_index.contains_key(&name);
         if duplicate {
             self.error(q.span, format!("service `{name}` is already declared"));
         }
@@ -309,7 +314,13 @@ impl Checker {
         let kind = s.kind.unwrap_or(ServiceType::ClusterIp);
         let external_traffic_policy = s.external.unwrap_or(TrafficPolicy::Cluster);
 
-        let ports = self.service_ports(&name, kind, &s.ports);
+        let targets: Vec<_> = s
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.target_name.map(|span| (i, Origin { file: self.file, span })))
+            .collect();
+        let ports = self.service_ports(name, kind, s.ports);
         if let Some((port, span)) = s.health_check {
             if kind != ServiceType::LoadBalancer || external_traffic_policy != TrafficPolicy::Local {
                 self.error(
@@ -317,7 +328,7 @@ impl Checker {
                     "`health-check-node-port` needs `type load-balancer` and `external-traffic-policy local`",
                 );
             } else {
-                self.claim_node_port(&name, Protocol::Tcp, port, span, "health-check node port");
+                self.claim_node_port(name, Protocol::Tcp, port, span, "health-check node port");
             }
         }
         if kind != ServiceType::LoadBalancer {
@@ -328,10 +339,14 @@ impl Checker {
         if !s.cluster_ip_given {
             self.error(q.span, format!("service `{name}` has no `cluster-ip`; headless services are not supported"));
         }
-        let cluster_ips = self.cluster_ips(&name, &s.cluster_ips);
-
-        let service = Service {
-            name,
+        let cluster_ips = self.cluster_ips(name, &s.cluster_ips);
+        if !valid || duplicate {
+            return;
+        }
+        self.named_targets.push(targets);
+        self.service_index.insert(name, self.out.services.len());
+        self.out.services.push(Service {
+            name: name.owned(),
             kind,
             cluster_ips,
             ports,
@@ -344,21 +359,10 @@ impl Checker {
             session_affinity: s.affinity,
             traffic_distribution: s.distribution,
             endpoints: None,
-        };
-        if valid.is_some() && !duplicate {
-            let targets = s
-                .ports
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| p.target_name.map(|span| (i, Origin { file: self.file, span })))
-                .collect();
-            self.named_targets.push(targets);
-            self.service_index.insert(service.name.clone(), self.out.services.len());
-            self.out.services.push(service);
-        }
+        });
     }
 
-    fn service_stmt(&mut self, stmt: &Stmt<ServiceStmt>, s: &mut ServiceDraft, once: &mut Once) {
+    fn service_stmt(&mut self, stmt: &'a Stmt<ServiceStmt>, s: &mut ServiceDraft, once: &mut Once) {
         const TYPES: &[(&str, ServiceType)] = &[
             ("cluster-ip", ServiceType::ClusterIp),
             ("node-port", ServiceType::NodePort),
@@ -454,9 +458,9 @@ impl Checker {
         }
     }
 
-    fn port_stmt(&mut self, p: &PortStmt) -> Option<PortDraft> {
+    fn port_stmt(&mut self, p: &'a PortStmt) -> Option<PortDraft> {
         // `None` when no name is given; `Some(None)` when the given name is invalid.
-        let name = p.name.as_ref().map(|w| self.name(w, "port name", MAX_NAME));
+        let name = p.name.as_ref().map(|w| self.name(w, "port name", MAX_NAME).map(str::to_owned));
         let port = self.port(&p.port);
         let protocol = self.protocol(&p.protocol);
         let mut target = None;
@@ -472,7 +476,7 @@ impl Checker {
                     } else if w.text.bytes().all(|b| b.is_ascii_digit()) {
                         target = self.port(w).map(TargetPort::Number);
                     } else {
-                        target = self.name(w, "target port name", MAX_NAME).map(TargetPort::Name);
+                        target = self.name(w, "target port name", MAX_NAME).map(|n| TargetPort::Name(n.to_owned()));
                         target_name = Some(w.span);
                     }
                 }
@@ -501,13 +505,13 @@ impl Checker {
         })
     }
 
-    fn service_ports(&mut self, service: &ServiceName, kind: ServiceType, drafts: &[PortDraft]) -> Vec<ServicePort> {
-        let mut names = HashSet::new();
-        let mut specs = HashSet::new();
-        for d in drafts {
+    fn service_ports(&mut self, service: NameRef<'a>, kind: ServiceType, drafts: Vec<PortDraft>) -> Vec<ServicePort> {
+        let mut names = FxHashSet::default();
+        let mut specs = FxHashSet::default();
+        for d in &drafts {
             let p = &d.port;
             if let (Some(name), Some(span)) = (&p.name, d.name_span) {
-                if !names.insert(name.clone()) {
+                if !names.insert(name) {
                     self.error(span, format!("port name `{name}` is already used in this service"));
                 }
             } else if drafts.len() > 1 {
@@ -524,31 +528,30 @@ impl Checker {
                 }
             }
         }
-        drafts.iter().map(|d| d.port.clone()).collect()
+        drafts.into_iter().map(|d| d.port).collect()
     }
 
     /// Checks a node port against the range and claims it for `service`.
-    fn claim_node_port(&mut self, service: &ServiceName, protocol: Protocol, port: NonZeroU16, span: Span, what: &str) {
+    fn claim_node_port(&mut self, service: NameRef<'a>, protocol: Protocol, port: NonZeroU16, span: Span, what: &str) {
         let (first, last) = self.out.cluster.node_port_range;
         if !(first..=last).contains(&port.get()) {
             self.error(span, format!("{what} {port} is outside the node-port-range {first}-{last}"));
             return;
         }
-        match self.node_ports.get(&(protocol, port.get())) {
+        match self.node_ports.get(&(protocol, port.get())).copied() {
             Some(owner) if owner == service => {
                 self.error(span, format!("node port {port}/{protocol} is already used in this service"));
             }
             Some(owner) => {
-                let owner = owner.clone();
                 self.error(span, format!("node port {port}/{protocol} is already used by service `{owner}`"));
             }
             None => {
-                self.node_ports.insert((protocol, port.get()), service.clone());
+                self.node_ports.insert((protocol, port.get()), service);
             }
         }
     }
 
-    fn cluster_ips(&mut self, service: &ServiceName, ips: &[(IpAddr, Span)]) -> Vec<IpAddr> {
+    fn cluster_ips(&mut self, service: NameRef<'a>, ips: &[(IpAddr, Span)]) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = Vec::new();
         for &(ip, span) in ips {
             let family = Family::of(ip);
@@ -565,13 +568,12 @@ impl Checker {
                 let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
                 self.error(span, format!("cluster IP {ip} is outside the service CIDR {}", list.join(", ")));
             }
-            match self.cluster_ips.get(&ip) {
+            match self.cluster_ips.get(&ip).copied() {
                 Some(owner) if owner != service => {
-                    let owner = owner.clone();
                     self.error(span, format!("cluster IP {ip} is already used by service `{owner}`"));
                 }
                 _ => {
-                    self.cluster_ips.insert(ip, service.clone());
+                    self.cluster_ips.insert(ip, service);
                 }
             }
             out.push(ip);
@@ -581,18 +583,19 @@ impl Checker {
 
     // ---- endpoints --------------------------------------------------------
 
-    fn endpoints(&mut self, q: &QualifiedName, body: &[Stmt<EndpointsStmt>]) {
-        let name = self.service_name(q);
-        let index = name.as_ref().and_then(|n| self.service_index.get(n).copied());
-        match (&name, index) {
+    fn endpoints(&mut self, q: &'a QualifiedName, body: &'a [Stmt<EndpointsStmt>]) {
+        // A declared service's name is valid: only the others need validating.
+        let index = self.service_index.get(&NameRef::of(q)).copied();
+        let name = if index.is_some() { Some(NameRef::of(q)) } else { self.service_name(q) };
+        match (name, index) {
             (Some(n), None) => self.error(q.span, format!("no service `{n}` is declared for these endpoints")),
             (Some(n), Some(i)) if !self.with_endpoints.insert(i) => {
                 self.error(q.span, format!("service `{n}` already has an `endpoints` block"));
             }
             _ => {}
         }
-        let mut block = Endpoints::default();
-        let mut addresses = HashSet::with_capacity(body.len());
+        let mut block = Endpoints { ports: Vec::new(), endpoints: Vec::with_capacity(body.len()) };
+        let mut addresses = FxHashSet::with_capacity_and_hasher(body.len(), Default::default());
         for stmt in body {
             match &stmt.kind {
                 EndpointsStmt::Port { name, port } => {
@@ -626,7 +629,7 @@ impl Checker {
     /// (as EndpointSlice ports match by name).
     fn endpoint_port(
         &mut self,
-        name: Option<&Word>,
+        name: Option<&'a Word>,
         port: &Word,
         service: Option<usize>,
         block: &Endpoints,
@@ -635,11 +638,11 @@ impl Checker {
         let name = match name {
             Some(w) => {
                 let n = self.name(w, "port name", MAX_NAME)?;
-                if service.is_some() && !self.ports_of(service).iter().any(|p| p.name.as_deref() == Some(n.as_str())) {
+                if service.is_some() && !self.ports_of(service).iter().any(|p| p.name.as_deref() == Some(n)) {
                     self.error(w.span, format!("the service has no port named `{n}`"));
                     return None;
                 }
-                Some(n)
+                Some(n.to_owned())
             }
             None => {
                 if service.is_some() && !matches!(self.ports_of(service), [p] if p.name.is_none()) {
@@ -664,7 +667,7 @@ impl Checker {
         index.map_or(&[], |i| &self.out.services[i].ports)
     }
 
-    fn endpoint(&mut self, e: &EndpointStmt) -> Option<Endpoint> {
+    fn endpoint(&mut self, e: &'a EndpointStmt) -> Option<Endpoint> {
         let address = self.address(&e.address);
         let mut node = None;
         let mut zone = None;
@@ -676,30 +679,37 @@ impl Checker {
             match option {
                 EndpointOption::Node(w) => {
                     if self.once(&mut seen, "node", w.span) {
-                        node = self.name(w, "node name", MAX_NODE_NAME);
-                        if let Some(n) = &node {
-                            if !self.node_names.contains(n) {
-                                self.error(w.span, format!("node `{n}` is not declared"));
-                            }
-                        }
+                        node = self.endpoint_node(w);
                     }
                 }
                 EndpointOption::Zone(w) => {
                     if self.once(&mut seen, "zone", w.span) {
-                        zone = self.name(w, "zone", MAX_NAME);
+                        zone = self.name(w, "zone", MAX_NAME).map(str::to_owned);
                     }
                 }
                 EndpointOption::HintZones(ws) => {
-                    hint_zones.extend(ws.iter().filter_map(|w| self.name(w, "zone", MAX_NAME)));
+                    hint_zones.extend(ws.iter().filter_map(|w| Some(self.name(w, "zone", MAX_NAME)?.to_owned())));
                 }
                 EndpointOption::HintNodes(ws) => {
-                    hint_nodes.extend(ws.iter().filter_map(|w| self.name(w, "node name", MAX_NODE_NAME)));
+                    hint_nodes
+                        .extend(ws.iter().filter_map(|w| Some(self.name(w, "node name", MAX_NODE_NAME)?.to_owned())));
                 }
                 EndpointOption::Condition(w) => conditions.push(w),
             }
         }
         let conditions = self.conditions(&conditions)?;
         Some(Endpoint { address: address?, node, zone, conditions, hint_zones, hint_nodes })
+    }
+
+    /// The node of an endpoint; a declared node's name is valid already, so only
+    /// the others are validated.
+    fn endpoint_node(&mut self, w: &'a Word) -> Option<Arc<str>> {
+        if let Some(name) = self.node_names.get(w.text.as_str()) {
+            return Some(name.clone());
+        }
+        let name = self.name(w, "node name", MAX_NODE_NAME)?;
+        self.error(w.span, format!("node `{name}` is not declared"));
+        Some(name.into())
     }
 
     /// EndpointSlice conditions: `terminating` implies not ready but serving unless
@@ -774,7 +784,8 @@ impl Checker {
         true
     }
 
-    fn name(&mut self, w: &Word, what: &str, max: usize) -> Option<String> {
+    /// `w`'s text if it is a valid name.
+    fn name(&mut self, w: &'a Word, what: &str, max: usize) -> Option<&'a str> {
         let text = w.text.as_str();
         let chars_ok = text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         let ends_ok = text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -787,7 +798,7 @@ impl Checker {
             self.error(w.span, format!("{what} is {} characters long; at most {max} are allowed", text.len()));
             return None;
         }
-        Some(text.to_owned())
+        Some(text)
     }
 
     fn address(&mut self, w: &Word) -> Option<IpAddr> {
@@ -887,9 +898,34 @@ impl Checker {
     }
 }
 
-/// The statement keywords of a block already seen.
+/// A service's name as written in the AST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct NameRef<'a> {
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl<'a> NameRef<'a> {
+    fn of(q: &'a QualifiedName) -> Self {
+        NameRef { namespace: &q.namespace.text, name: &q.name.text }
+    }
+
+    fn owned(self) -> ServiceName {
+        ServiceName { namespace: self.namespace.to_owned(), name: self.name.to_owned() }
+    }
+}
+
+/// As [`ServiceName`] displays.
+impl fmt::Display for NameRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The statement keywords of a block already seen; inline, since every endpoint
+/// has one.
 #[derive(Default)]
-struct Once(Vec<&'static str>);
+struct Once(SmallVec<[&'static str; 4]>);
 
 /// A service as its statements are read; the rules that relate statements run after.
 #[derive(Default)]

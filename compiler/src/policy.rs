@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -231,7 +232,8 @@ pub struct EndpointPort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub address: IpAddr,
-    pub node: Option<String>,
+    /// Shared by every endpoint on the node: one allocation per node, not per endpoint.
+    pub node: Option<Arc<str>>,
     pub zone: Option<String>,
     pub conditions: Conditions,
     pub hint_zones: Vec<String>,

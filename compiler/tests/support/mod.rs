@@ -194,7 +194,7 @@ impl S {
         let block = self.0.endpoints.get_or_insert_with(Endpoints::default);
         block.endpoints.push(Endpoint {
             address: addr(address),
-            node: (!node.is_empty()).then(|| node.to_string()),
+            node: (!node.is_empty()).then(|| node.into()),
             zone: None,
             conditions,
             hint_zones: Vec::new(),
