@@ -11,6 +11,7 @@
 //! postrouting, through one `address . address` set.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -64,13 +65,24 @@ pub struct Lowering {
     families: Vec<Memo>,
 }
 
-/// What one family's ports were lowered to, under which settings, and the
-/// shared sets and maps they were assembled into.
+/// What one family's ports were lowered to, under which settings, and what
+/// they were assembled into.
 struct Memo {
     settings: Settings,
     ports: HashMap<PortId, Lowered>,
-    /// By name; affinity sets are kept by their ports.
+    last: Assembly,
+}
+
+/// The parts of the last table that the next assembly may reuse.
+#[derive(Default)]
+struct Assembly {
+    /// Shared sets and maps, by name.
     sets: HashMap<String, Arc<Set>>,
+    /// How many ports contribute each element of each shared set, by set name.
+    tallies: HashMap<&'static str, HashMap<Element, u32>>,
+    /// Sorted by name, as in the table.
+    affinity_sets: Vec<Arc<Set>>,
+    service_chains: Vec<Arc<Chain>>,
 }
 
 struct Lowered {
@@ -103,7 +115,7 @@ impl Lowering {
                 let settings = Settings::of(family);
                 let kept =
                     self.families.iter().position(|m| m.settings == settings).map(|i| self.families.swap_remove(i));
-                let mut memo = kept.unwrap_or(Memo { settings, ports: HashMap::new(), sets: HashMap::new() });
+                let mut memo = kept.unwrap_or(Memo { settings, ports: HashMap::new(), last: Assembly::default() });
                 let table = lower_family(family, &mut memo);
                 families.push(memo);
                 table
@@ -124,12 +136,29 @@ struct PortChains {
 
 impl PortChains {
     fn new(id: &PortId) -> Self {
-        let suffix = format!("{}/{}/{}/{}", id.service.namespace, id.service.name, id.protocol, id.port);
+        let name = |kind| {
+            let mut out = String::new();
+            Self::write_name(&mut out, kind, id);
+            out
+        };
         PortChains {
-            cluster: format!("cluster-{suffix}"),
-            local: format!("local-{suffix}"),
-            external: format!("external-{suffix}"),
-            firewall: format!("firewall-{suffix}"),
+            cluster: name("cluster"),
+            local: name("local"),
+            external: name("external"),
+            firewall: name("firewall"),
+        }
+    }
+
+    /// `KIND-NAMESPACE/NAME/PROTOCOL/PORT`, appended to `out`.
+    fn write_name(out: &mut String, kind: &str, id: &PortId) {
+        write!(out, "{kind}-{}/{}/{}/{}", id.service.namespace, id.service.name, id.protocol, id.port)
+            .expect("writing to a String cannot fail");
+    }
+
+    fn kind(set: EndpointSet) -> &'static str {
+        match set {
+            EndpointSet::Cluster => "cluster",
+            EndpointSet::Local => "local",
         }
     }
 
@@ -201,13 +230,17 @@ fn placements(plan: &FamilyPlan) -> Vec<[Option<Placement>; 2]> {
         taken.extend((first..first + slots).map(|slot| (map, slot)));
         Placement { map, offset: first * SLOT_KEYS }
     };
+    let mut name = String::new();
     plan.ports
         .iter()
         .map(|port| {
-            let chains = PortChains::new(&port.id);
             [EndpointSet::Cluster, EndpointSet::Local].map(|set| {
                 let endpoints = port.endpoints(set).len();
-                (port.session_affinity.is_none() && endpoints > 0).then(|| place(chains.policy(set), endpoints))
+                (port.session_affinity.is_none() && endpoints > 0).then(|| {
+                    name.clear();
+                    PortChains::write_name(&mut name, PortChains::kind(set), &port.id);
+                    place(&name, endpoints)
+                })
             })
         })
         .collect()
@@ -469,7 +502,6 @@ impl PortLowering<'_> {
 /// updated to this plan.
 fn lower_family(plan: &FamilyPlan, memo: &mut Memo) -> Table {
     let placements = placements(plan);
-    let mut kept = HashMap::with_capacity(plan.ports.len());
     // Fragments lowered anew, and the ones they replace: only the sets these
     // contribute to can differ from the last assembly.
     let mut changes: Vec<(Option<Arc<Fragment>>, Option<Arc<Fragment>>)> = Vec::new();
@@ -477,50 +509,66 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo) -> Table {
         .ports
         .iter()
         .zip(placements)
-        .map(|(port, placement)| {
-            let old = memo.ports.remove(&port.id);
-            let fragment = match old {
-                Some(old) if old.port == *port && old.placement == placement => old.fragment,
-                old => {
-                    let mut lowering = PortLowering { plan, placement, out: Fragment::default() };
-                    lowering.add_port(port);
-                    let fragment = Arc::new(lowering.out);
-                    changes.push((old.map(|o| o.fragment), Some(fragment.clone())));
-                    fragment
-                }
-            };
-            kept.insert(port.id.clone(), Lowered { port: port.clone(), placement, fragment: fragment.clone() });
-            fragment
+        .map(|(port, placement)| match memo.ports.get_mut(&port.id) {
+            Some(kept) if kept.port == *port && kept.placement == placement => kept.fragment.clone(),
+            kept => {
+                let mut lowering = PortLowering { plan, placement, out: Fragment::default() };
+                lowering.add_port(port);
+                let fragment = Arc::new(lowering.out);
+                let lowered = Lowered { port: port.clone(), placement, fragment: fragment.clone() };
+                let old = match kept {
+                    Some(kept) => Some(std::mem::replace(kept, lowered).fragment),
+                    None => {
+                        memo.ports.insert(port.id.clone(), lowered);
+                        None
+                    }
+                };
+                changes.push((old, Some(fragment.clone())));
+                fragment
+            }
         })
         .collect();
-    changes.extend(memo.ports.drain().map(|(_, gone)| (Some(gone.fragment), None)));
-    memo.ports = kept;
-    let table = assemble(plan, &fragments, &changes, &memo.sets);
-    memo.sets =
-        table.sets.iter().filter(|s| s.dynamic_timeout.is_none()).map(|s| (s.name.clone(), s.clone())).collect();
-    table
+    if memo.ports.len() > plan.ports.len() {
+        let current: HashSet<&PortId> = plan.ports.iter().map(|p| &p.id).collect();
+        memo.ports.retain(|id, gone| {
+            let keep = current.contains(id);
+            if !keep {
+                changes.push((Some(gone.fragment.clone()), None));
+            }
+            keep
+        });
+    }
+    assemble(plan, &fragments, &changes, &mut memo.last)
 }
 
-/// The table of `fragments`. A shared set none of the `changes` contributes to
-/// differently is taken from `previous`, the same allocation.
+/// The table of `fragments`, reusing the `last` assembly (and updating it): a
+/// shared set none of the `changes` contributes to differently is the same
+/// allocation; one they do is patched when they are few, and so are the sorted
+/// lists of chains and affinity sets when the changes keep every name.
 fn assemble(
     plan: &FamilyPlan,
     fragments: &[Arc<Fragment>],
     changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
-    previous: &HashMap<String, Arc<Set>>,
+    last: &mut Assembly,
 ) -> Table {
+    let (previous, tallies) = (&last.sets, &mut last.tallies);
     let family = plan.family;
     let addr = KeyType::addr(family);
     let target_key = vec![addr, KeyType::InetProto, KeyType::InetService];
     let port_key = vec![KeyType::InetProto, KeyType::InetService];
-    let set = |name: &str, key: Vec<KeyType>, verdict_map: bool, comment: &str, part: fn(&Fragment) -> &[Element]| {
-        let unchanged = changes.iter().all(|(old, new)| part_of(old, part) == part_of(new, part));
-        if let Some(kept) = previous.get(name).filter(|_| unchanged) {
-            return kept.clone();
-        }
-        let mut elements: Vec<Element> = fragments.iter().flat_map(|f| part(f)).cloned().collect();
-        elements.sort_unstable();
-        elements.dedup();
+    let mut set = |name: &'static str,
+                   key: Vec<KeyType>,
+                   verdict_map: bool,
+                   comment: &str,
+                   part: fn(&Fragment) -> &[Element]| {
+        let tally = tallies.entry(name).or_default();
+        let elements = match previous.get(name) {
+            Some(kept) if changes.iter().all(|(old, new)| part_of(old, part) == part_of(new, part)) => {
+                return kept.clone();
+            }
+            Some(kept) if changes.len() <= PATCHED_CHANGES => patched(&kept.elements, tally, changes, part),
+            _ => counted(fragments, tally, part),
+        };
         let data = verdict_map.then_some(MapData::Verdict);
         Arc::new(Set { name: name.into(), key, data, dynamic_timeout: None, comment: Some(comment.into()), elements })
     };
@@ -554,18 +602,102 @@ fn assemble(
     // walking the table's sets in the order they were added, for every rule
     // that names one, and every balancing rule names an endpoint map.
     sets.extend(endpoint_maps(plan, fragments, changes, previous));
-    let mut affinity_sets: Vec<Arc<Set>> = fragments.iter().flat_map(|f| f.affinity_sets.iter().cloned()).collect();
-    affinity_sets.sort_by(|a, b| a.name.cmp(&b.name));
+    last.sets = sets.iter().map(|s| (s.name.clone(), s.clone())).collect();
     // The cluster and local chains of one port share an endpoint's set, so a
-    // client keeps its endpoint whichever chain it comes through.
-    affinity_sets.dedup_by(|a, b| a.name == b.name);
-    sets.append(&mut affinity_sets);
+    // client keeps its endpoint whichever chain it comes through: deduplicated.
+    last.affinity_sets =
+        by_name(std::mem::take(&mut last.affinity_sets), fragments, changes, |f| &f.affinity_sets, |s| &s.name);
+    sets.extend(last.affinity_sets.iter().cloned());
 
+    last.service_chains =
+        by_name(std::mem::take(&mut last.service_chains), fragments, changes, |f| &f.chains, |c| &c.name);
     let mut chains: Vec<Arc<Chain>> = base_chains(plan).into_iter().map(Arc::new).collect();
-    let mut service_chains: Vec<Arc<Chain>> = fragments.iter().flat_map(|f| f.chains.iter().cloned()).collect();
-    service_chains.sort_by(|a, b| a.name.cmp(&b.name));
-    chains.append(&mut service_chains);
+    chains.extend(last.service_chains.iter().cloned());
     Table { family, name: TABLE_NAME.into(), sets, chains }
+}
+
+/// The items of all fragments, sorted by name, one per name. When every change
+/// replaces a port's items by items of the same names, `last` (that list for
+/// the last assembly) only needs the new items swapped in.
+fn by_name<T>(
+    mut last: Vec<Arc<T>>,
+    fragments: &[Arc<Fragment>],
+    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
+    items: fn(&Fragment) -> &[Arc<T>],
+    name: fn(&T) -> &str,
+) -> Vec<Arc<T>> {
+    let renames = |(old, new): &(Option<Arc<Fragment>>, Option<Arc<Fragment>>)| match (old, new) {
+        (Some(old), Some(new)) => !items(old).iter().map(|i| name(i)).eq(items(new).iter().map(|i| name(i))),
+        _ => true,
+    };
+    if last.is_empty() || changes.iter().any(renames) {
+        let mut all: Vec<Arc<T>> = fragments.iter().flat_map(|f| items(f).iter().cloned()).collect();
+        all.sort_by(|a, b| name(a).cmp(name(b)));
+        all.dedup_by(|a, b| name(a) == name(b));
+        return all;
+    }
+    for item in changes.iter().filter_map(|(_, new)| new.as_deref()).flat_map(items) {
+        if let Ok(at) = last.binary_search_by(|kept| name(kept).cmp(name(item))) {
+            last[at] = item.clone();
+        }
+    }
+    last
+}
+
+/// Up to this many changed ports, a shared set is patched rather than rebuilt.
+const PATCHED_CHANGES: usize = 32;
+
+/// A shared set's elements from every fragment, sorted and deduplicated, and
+/// how many ports contribute each.
+fn counted(
+    fragments: &[Arc<Fragment>],
+    tally: &mut HashMap<Element, u32>,
+    part: fn(&Fragment) -> &[Element],
+) -> Vec<Element> {
+    tally.clear();
+    for element in fragments.iter().flat_map(|f| part(f)) {
+        *tally.entry(element.clone()).or_default() += 1;
+    }
+    let mut elements: Vec<Element> = tally.keys().cloned().collect();
+    elements.sort_unstable();
+    elements
+}
+
+/// `kept`, the elements of the last assembly, with the contributions of the
+/// `changes` taken out and put in: an element goes when no port contributes it
+/// any more, and comes when the first one does.
+fn patched(
+    kept: &[Element],
+    tally: &mut HashMap<Element, u32>,
+    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
+    part: fn(&Fragment) -> &[Element],
+) -> Vec<Element> {
+    let mut touched: Vec<&Element> = Vec::new();
+    for (old, new) in changes {
+        for element in part_of(old, part) {
+            if let Some(count) = tally.get_mut(element) {
+                *count -= 1;
+            }
+            touched.push(element);
+        }
+        for element in part_of(new, part) {
+            *tally.entry(element.clone()).or_default() += 1;
+            touched.push(element);
+        }
+    }
+    let mut elements = kept.to_vec();
+    for element in touched {
+        let present = tally.get(element).is_some_and(|count| *count > 0);
+        match (elements.binary_search(element), present) {
+            (Ok(at), false) => {
+                elements.remove(at);
+                tally.remove(element);
+            }
+            (Err(at), true) => elements.insert(at, element.clone()),
+            _ => {}
+        }
+    }
+    elements
 }
 
 /// What a fragment, if any, contributes to one part of the table.

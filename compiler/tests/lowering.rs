@@ -42,6 +42,36 @@ fn remembering_lowers_as_lowering_afresh() {
     }
 }
 
+/// Another service sharing endpoint addresses with service 1, so that elements
+/// of the hairpin set have more than one contributor.
+const SHARING: &str = "
+service default/sharing {
+    cluster-ip 10.96.200.1
+    port 80/tcp target 8080
+}
+endpoints default/sharing {
+    endpoint 10.132.0.2 node node-4
+    endpoint 10.132.255.3 node node-4
+}
+";
+
+#[test]
+fn elements_with_several_contributors_stay_until_the_last_goes() {
+    // Revision 1 moves service 1's endpoint 10.132.0.2 to 10.132.255.3.
+    let steps = [
+        policy_text(SHAPE, 0) + SHARING,
+        policy_text(SHAPE, 1) + SHARING,
+        policy_text(SHAPE, 1),
+        policy_text(SHAPE, 0),
+        policy_text(SHAPE, 2) + SHARING,
+    ];
+    let mut lowering = Lowering::default();
+    for (i, text) in steps.into_iter().enumerate() {
+        let plan = plan(text);
+        assert_eq!(lowering.lower(&plan), lower(&plan), "step {i}");
+    }
+}
+
 #[test]
 fn unchanged_ports_keep_their_chains() {
     let mut lowering = Lowering::default();
