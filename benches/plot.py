@@ -66,7 +66,7 @@ ax = axes[1]
 services = [r[0] for r in change]
 ax.loglog(services, [r[3] for r in change], "o-", label="diff")
 ax.loglog(services, [r[4] for r in change], "o-", label="diff + encode + commit")
-ax.loglog(services, [r[5] for r in change], "o-", label="whole apply (with handle refresh)")
+ax.loglog(services, [r[5] for r in change], "o-", label="whole apply")
 ax.loglog(services, [r[6] for r in change], "s--", label="read-back of our tables")
 ax.axhline(5, color="grey", linestyle=":", label="target: 5 ms change, 100 ms read-back")
 ax.axhline(100, color="grey", linestyle=":")
@@ -88,7 +88,7 @@ for label, seconds in loads.items():
 for label, seconds in no_affinity.items():
     labels.append(label.replace(" (netlink, compile included)", "\n(netlink, with compile)") + "\nno affinity")
     values.append(seconds)
-    colors.append("tab:green")
+    colors.append("tab:red" if "kube-proxy" in label else "tab:green")
 ax.barh(labels, values, color=colors)
 for i, v in enumerate(values):
     ax.text(v, i, f" {v:.1f} s", va="center", fontsize=8)
