@@ -1,11 +1,11 @@
 //! UDP flows to endpoints that are gone: without help, conntrack keeps sending a
 //! UDP client's packets to the removed endpoint for as long as it keeps talking.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use svcnft_compiler::plan::{PortPlan, Target};
-use svcnft_compiler::policy::Protocol;
+use svcnft_compiler::plan::{PortId, PortPlan, Target};
+use svcnft_compiler::policy::{Family, Protocol};
 use svcnft_compiler::NodePlan;
 
 use crate::netlink::{self as nl, Conntrack, Flow};
@@ -34,29 +34,30 @@ pub fn stale_udp_endpoints(old: &NodePlan, new: &NodePlan) -> Vec<StaleEndpoint>
     let used = |port: &PortPlan| -> BTreeSet<Target> {
         port.cluster_endpoints.iter().chain(&port.local_endpoints).copied().collect()
     };
+    // Looked up by id: scanning the new plan for each old port was quadratic.
+    let now: HashMap<(Family, &PortId), &PortPlan> = udp(new).map(|(family, p)| ((family, &p.id), p)).collect();
     let mut stale = Vec::new();
-    for family in &old.families {
-        for port in family.ports.iter().filter(|p| p.id.protocol == Protocol::Udp) {
-            let still: BTreeSet<Target> = new
-                .families
-                .iter()
-                .filter(|f| f.family == family.family)
-                .flat_map(|f| &f.ports)
-                .filter(|p| p.id == port.id)
-                .flat_map(used)
-                .collect();
-            let addresses = std::iter::once(&port.cluster_ip).chain(&port.external_ips).chain(&port.load_balancer_ips);
-            let destinations: Vec<SocketAddr> = addresses.map(|a: &IpAddr| SocketAddr::new(*a, port.id.port)).collect();
-            for endpoint in used(port).difference(&still) {
-                stale.push(StaleEndpoint {
-                    destinations: destinations.clone(),
-                    node_port: port.node_port.map(|p| p.get()),
-                    endpoint: endpoint.socket_addr(),
-                });
-            }
+    for (family, port) in udp(old) {
+        let still: BTreeSet<Target> = now.get(&(family, &port.id)).map_or_else(BTreeSet::new, |p| used(p));
+        let addresses = std::iter::once(&port.cluster_ip).chain(&port.external_ips).chain(&port.load_balancer_ips);
+        let destinations: Vec<SocketAddr> = addresses.map(|a: &IpAddr| SocketAddr::new(*a, port.id.port)).collect();
+        for endpoint in used(port).difference(&still) {
+            stale.push(StaleEndpoint {
+                destinations: destinations.clone(),
+                node_port: port.node_port.map(|p| p.get()),
+                endpoint: endpoint.socket_addr(),
+            });
         }
     }
     stale
+}
+
+/// The UDP ports of a plan, with their family.
+fn udp(plan: &NodePlan) -> impl Iterator<Item = (Family, &PortPlan)> {
+    plan.families
+        .iter()
+        .flat_map(|f| f.ports.iter().map(move |p| (f.family, p)))
+        .filter(|(_, p)| p.id.protocol == Protocol::Udp)
 }
 
 /// Deletes the flows of `stale` endpoints; returns how many.
