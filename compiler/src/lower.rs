@@ -267,6 +267,9 @@ struct Fragment {
     chains: Vec<Arc<Chain>>,
 }
 
+/// A port's fragment before and after an edit (`None`: the port is not there).
+type Change = (Option<Arc<Fragment>>, Option<Arc<Fragment>>);
+
 /// Lowers one service port into its fragment.
 struct PortLowering<'a> {
     plan: &'a FamilyPlan,
@@ -504,7 +507,7 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo) -> Table {
     let placements = placements(plan);
     // Fragments lowered anew, and the ones they replace: only the sets these
     // contribute to can differ from the last assembly.
-    let mut changes: Vec<(Option<Arc<Fragment>>, Option<Arc<Fragment>>)> = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
     let fragments: Vec<Arc<Fragment>> = plan
         .ports
         .iter()
@@ -545,12 +548,7 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo) -> Table {
 /// shared set none of the `changes` contributes to differently is the same
 /// allocation; one they do is patched when they are few, and so are the sorted
 /// lists of chains and affinity sets when the changes keep every name.
-fn assemble(
-    plan: &FamilyPlan,
-    fragments: &[Arc<Fragment>],
-    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
-    last: &mut Assembly,
-) -> Table {
+fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], last: &mut Assembly) -> Table {
     let (previous, tallies) = (&last.sets, &mut last.tallies);
     let family = plan.family;
     let addr = KeyType::addr(family);
@@ -622,11 +620,11 @@ fn assemble(
 fn by_name<T>(
     mut last: Vec<Arc<T>>,
     fragments: &[Arc<Fragment>],
-    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
+    changes: &[Change],
     items: fn(&Fragment) -> &[Arc<T>],
     name: fn(&T) -> &str,
 ) -> Vec<Arc<T>> {
-    let renames = |(old, new): &(Option<Arc<Fragment>>, Option<Arc<Fragment>>)| match (old, new) {
+    let renames = |(old, new): &Change| match (old, new) {
         (Some(old), Some(new)) => !items(old).iter().map(|i| name(i)).eq(items(new).iter().map(|i| name(i))),
         _ => true,
     };
@@ -669,7 +667,7 @@ fn counted(
 fn patched(
     kept: &[Element],
     tally: &mut HashMap<Element, u32>,
-    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
+    changes: &[Change],
     part: fn(&Fragment) -> &[Element],
 ) -> Vec<Element> {
     let mut touched: Vec<&Element> = Vec::new();
@@ -710,7 +708,7 @@ fn part_of<T>(fragment: &Option<Arc<Fragment>>, part: fn(&Fragment) -> &[T]) -> 
 fn endpoint_maps(
     plan: &FamilyPlan,
     fragments: &[Arc<Fragment>],
-    changes: &[(Option<Arc<Fragment>>, Option<Arc<Fragment>>)],
+    changes: &[Change],
     previous: &HashMap<String, Arc<Set>>,
 ) -> Vec<Arc<Set>> {
     let count = endpoint_map_count(plan) as usize;
