@@ -358,6 +358,37 @@ fn the_apply_command_reports_dry_runs_and_refuses() {
     assert_eq!(listing(&ns), applied);
 }
 
+/// A service with session affinity whose timeout is `TIMEOUT` seconds.
+const AFFINITY: &str = "cluster {
+    cluster-cidr 10.244.0.0/16
+    service-cidr 10.96.0.0/16
+}
+node node-1 { address 10.240.0.3; pod-cidr 10.244.1.0/24 }
+service default/a {
+    cluster-ip 10.96.0.10
+    port 80/tcp
+    session-affinity client-ip timeout TIMEOUTs
+}
+endpoints default/a {
+    endpoint 10.244.1.5 node node-1
+    endpoint 10.244.1.6 node node-1
+}
+";
+
+#[test]
+fn a_changed_affinity_timeout_recreates_the_sets_under_unchanged_rules() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let ns = ns();
+    let mut applier = open(&ns);
+    let [first, second] = ["100", "200"].map(|t| compile(&check(&AFFINITY.replace("TIMEOUT", t)), "node-1"));
+    applier.apply(first).unwrap();
+    // The kernel refuses to delete a set that rules still name.
+    applier.apply(second.clone()).unwrap();
+    assert_eq!(listing(&ns), oracle(&second));
+}
+
 #[test]
 fn one_endpoint_change_is_a_handful_of_messages() {
     if !kernel_tests_enabled() {

@@ -242,8 +242,8 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
             phases.push(Phase::AddSetsAndChains, Op::AddSet { family, set: declaration(set) });
         }
         // Dynamic sets' elements are the data path's; the same allocation is a
-        // set a lowering kept.
-        if set.dynamic_timeout.is_some() || old.is_some_and(|old| Arc::ptr_eq(old, set)) {
+        // set a lowering kept (unless its elements may point at a recreated chain).
+        if set.dynamic_timeout.is_some() || (gone_chains.is_empty() && old.is_some_and(|old| Arc::ptr_eq(old, set))) {
             continue;
         }
         let old_elements: &[Element] = old.map_or(&[], |old| &old.elements);
@@ -275,11 +275,14 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
             append_all(family, chain, phases);
             continue;
         };
+        // Rules naming a set or chain about to be recreated go first, even when
+        // they stay the same (a changed affinity timeout recreates only the set).
+        let refers = (!gone_sets.is_empty() || !gone_chains.is_empty()) && old.rules.iter().any(refers_to_gone);
         // The same allocation: a lowering that kept the port's chains.
-        if Arc::ptr_eq(old, chain) || old.rules == chain.rules {
+        if !refers && (Arc::ptr_eq(old, chain) || old.rules == chain.rules) {
             continue;
         }
-        if old.rules.iter().any(refers_to_gone) {
+        if refers {
             phases.push(Phase::RemoveRules, Op::FlushChain { family, chain: chain.name.clone() });
             append_all(family, chain, phases);
             continue;

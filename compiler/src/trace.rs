@@ -446,7 +446,7 @@ impl<'a> Interpreter<'a> {
 
     /// Runs a rule's statements and records it on the path. A `dnat … map` draws
     /// one of several keys: `state` takes the last that has an element, and each
-    /// other draw is a fork — the DNATed state, or `None` for a key without
+    /// other draw is a fork — the DNATed state, or one `None` for the keys without
     /// element, after which the rule did not match.
     fn execute(
         &self,
@@ -506,6 +506,11 @@ impl<'a> Interpreter<'a> {
                     // The last draw goes on as `state`, so that paths end in key order.
                     let last = draws.iter().rposition(Option::is_some);
                     let mut chosen = None;
+                    // Keys without an element: the rule does not match, one path
+                    // whatever their number; with no element at all, `state` goes on.
+                    if last.is_some() && draws.iter().any(Option::is_none) {
+                        forks.push(None);
+                    }
                     for (i, draw) in draws.into_iter().enumerate() {
                         match draw {
                             Some(target) if Some(i) == last => chosen = Some(target),
@@ -517,7 +522,7 @@ impl<'a> Interpreter<'a> {
                                 dnat(&mut fork, target);
                                 forks.push(Some(fork));
                             }
-                            None => forks.push(None),
+                            None => {}
                         }
                     }
                     let Some(target) = chosen else {
@@ -918,12 +923,21 @@ mod tests {
             Some((ChainKind::Nat, Hook::Prerouting, -100)),
             vec![rule(vec![], vec![draw], "draw"), rule(vec![], vec![dnat("10.1.0.99", 80)], "after")],
         )];
-        let t = run(vec![map], chains, "192.0.2.1", "10.2.0.1:80", &TraceOptions::default());
+        let t = run(vec![map.clone()], chains.clone(), "192.0.2.1", "10.2.0.1:80", &TraceOptions::default());
         let endpoints: Vec<String> =
             t.paths.iter().map(|p| p.endpoint.expect("every path DNATs").to_string()).collect();
         // Keys 7 and 9 in key order; key 8 has no element, so its draw reaches the next rule.
         assert_eq!(endpoints, ["10.1.0.7:8080", "10.1.0.9:8080", "10.1.0.99:80"]);
         assert_eq!(t.paths[0].path[0].lookup.as_deref(), Some("10.1.0.7:8080"));
         assert_eq!(comments(&t.paths[2].path), ["after"]);
+
+        // Two keys without element are one way through; an empty map draws nothing.
+        let sparse = Set { elements: vec![endpoint(7, "10.1.0.7")], ..map.clone() };
+        let paths = |set: Set| {
+            let t = run(vec![set], chains.clone(), "192.0.2.1", "10.2.0.1:80", &TraceOptions::default());
+            t.paths.iter().map(|p| p.endpoint.expect("every path DNATs").to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(paths(sparse), ["10.1.0.7:8080", "10.1.0.99:80"]);
+        assert_eq!(paths(Set { elements: Vec::new(), ..map }), ["10.1.0.99:80"]);
     }
 }

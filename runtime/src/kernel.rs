@@ -358,7 +358,7 @@ fn decode_hook(b: &nl::BaseChain) -> BaseHook {
 }
 
 fn decode_set(family: Family, set: &nl::Set, elements: &[nl::Element]) -> Set {
-    let key: Vec<KeyType> = set
+    let mut key: Vec<KeyType> = set
         .key
         .iter()
         .filter_map(|k| match k {
@@ -374,8 +374,12 @@ fn decode_set(family: Family, set: &nl::Set, elements: &[nl::Element]) -> Set {
         None => None,
         Some(nl::SetData::Verdict) => Some(MapData::Verdict),
         Some(nl::SetData::Value(types)) if *types == endpoint_data(family) => Some(MapData::Endpoint),
-        // Not a map we write: declared so, the diff recreates it.
-        Some(nl::SetData::Value(_)) => Some(MapData::Verdict),
+        // Not a map we write: without a key it equals no declared set, so the
+        // diff recreates it.
+        Some(nl::SetData::Value(_)) => {
+            key.clear();
+            Some(MapData::Verdict)
+        }
     };
     let dynamic_timeout = if set.flags.dynamic { set.timeout } else { None };
     let elements = if dynamic_timeout.is_some() {
