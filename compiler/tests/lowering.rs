@@ -95,3 +95,170 @@ fn unchanged_ports_keep_their_chains() {
     assert_eq!(services, [&&"cluster-default/svc-1/tcp/80"]);
     assert!(fresh.len() < 20, "{fresh:?}");
 }
+
+/// Random sequences of plans, built directly (no policy text), so that they
+/// reach what policies rarely do in a few steps: families coming and going,
+/// settings changing, ports reordered, affinity toggled, many endpoint maps.
+mod generated {
+    use std::net::IpAddr;
+    use std::num::NonZeroU16;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use svcnft_compiler::plan::{
+        EndpointSet, ExternalChain, ExternalRoute, FamilyPlan, NodePlan, NodePortScope, PortId, PortPlan, Refusal,
+        Route, Target,
+    };
+    use svcnft_compiler::policy::{Family, Node, Protocol, ServiceName};
+
+    fn addr(family: Family, host: u16) -> IpAddr {
+        match family {
+            Family::Ipv4 => IpAddr::from([10, 1, (host >> 8) as u8, host as u8]),
+            Family::Ipv6 => IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 1, host]),
+        }
+    }
+
+    fn targets(family: Family, most: usize) -> impl Strategy<Value = Vec<Target>> {
+        prop::collection::vec((0u16..64, 8000u16..8003), 0..most).prop_map(move |t| {
+            t.into_iter()
+                .map(|(host, port)| Target { address: addr(family, host), port: NonZeroU16::new(port).unwrap() })
+                .collect()
+        })
+    }
+
+    fn refusal() -> impl Strategy<Value = Refusal> {
+        prop_oneof![Just(Refusal::Drop), Just(Refusal::Reject)]
+    }
+
+    fn endpoint_set() -> impl Strategy<Value = EndpointSet> {
+        prop_oneof![Just(EndpointSet::Cluster), Just(EndpointSet::Local)]
+    }
+
+    fn external() -> impl Strategy<Value = Option<ExternalRoute>> {
+        let chain = (any::<bool>(), any::<bool>(), prop::option::of(endpoint_set()), prop::option::of(refusal()))
+            .prop_map(|(masquerade, short_circuit, target, refuse)| {
+                ExternalRoute::Chain(ExternalChain { masquerade, short_circuit, target, refuse })
+            });
+        prop_oneof![Just(None), Just(Some(ExternalRoute::Reject)), chain.prop_map(Some)]
+    }
+
+    /// The port in `slot` of a family: the same id whenever the slot is filled.
+    fn port(family: Family, slot: u16, most: usize) -> impl Strategy<Value = PortPlan> {
+        let addresses = (0u16..4, prop::collection::vec(0u16..4, 0..2), prop::collection::vec(0u16..4, 0..2));
+        let routes = (
+            prop_oneof![endpoint_set().prop_map(Route::To), refusal().prop_map(Route::Refuse)],
+            external(),
+            prop::option::of(30000u16..30003),
+            any::<bool>(),
+            any::<bool>(),
+        );
+        let affinity = prop::option::of(prop_oneof![Just(10u64), Just(20)]);
+        (targets(family, most), targets(family, most / 2), addresses, routes, affinity, any::<bool>()).prop_map(
+            move |(cluster, local, (ip, external_ips, lb_ips), routes, affinity, dedup)| {
+                let (internal, external, node_port, source_ranges, allow_from_lb_ips) = routes;
+                let mut all_endpoint_addresses: Vec<IpAddr> = cluster.iter().chain(&local).map(|t| t.address).collect();
+                if dedup {
+                    all_endpoint_addresses.sort();
+                    all_endpoint_addresses.dedup();
+                }
+                let range = match family {
+                    Family::Ipv4 => "192.168.0.0/16",
+                    Family::Ipv6 => "fd01::/64",
+                };
+                PortPlan {
+                    id: PortId {
+                        service: ServiceName { namespace: "ns".into(), name: format!("s{}", slot / 2) },
+                        port: 80 + slot % 2,
+                        protocol: if slot % 3 == 0 { Protocol::Udp } else { Protocol::Tcp },
+                    },
+                    cluster_ip: addr(family, 0x100 + ip),
+                    external_ips: external_ips.into_iter().map(|a| addr(family, 0x200 + a)).collect(),
+                    load_balancer_ips: lb_ips.into_iter().map(|a| addr(family, 0x300 + a)).collect(),
+                    node_port: node_port.and_then(NonZeroU16::new),
+                    source_ranges: if source_ranges { vec![range.parse().unwrap()] } else { Vec::new() },
+                    allow_from_lb_ips,
+                    session_affinity: affinity.map(Duration::from_secs),
+                    cluster_endpoints: cluster,
+                    local_endpoints: local,
+                    internal,
+                    external,
+                    all_endpoint_addresses,
+                }
+            },
+        )
+    }
+
+    /// A family with some of `slots` ports, or `None` when the family is absent.
+    fn family(family: Family, slots: u16, most: usize) -> impl Strategy<Value = Option<FamilyPlan>> {
+        let ports: Vec<_> = (0..slots).map(|slot| prop::option::weighted(0.6, port(family, slot, most))).collect();
+        let settings = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>());
+        let cidr = match family {
+            Family::Ipv4 => "10.0.0.0/8",
+            Family::Ipv6 => "fd00::/16",
+        };
+        prop::option::weighted(0.8, (ports, settings)).prop_map(move |planned| {
+            planned.map(|(ports, (cidrs, masquerade_all, all_local, reversed))| {
+                let mut ports: Vec<PortPlan> = ports.into_iter().flatten().collect();
+                if reversed {
+                    ports.reverse();
+                }
+                FamilyPlan {
+                    family,
+                    cluster_cidrs: if cidrs { vec![cidr.parse().unwrap()] } else { Vec::new() },
+                    service_cidrs: Vec::new(),
+                    masquerade_all,
+                    node_ports_on: if all_local {
+                        NodePortScope::AllLocal
+                    } else {
+                        NodePortScope::Addresses(vec![addr(family, 0x400)])
+                    },
+                    ports,
+                }
+            })
+        })
+    }
+
+    pub fn plan(slots: u16, most: usize) -> impl Strategy<Value = NodePlan> {
+        (family(Family::Ipv4, slots, most), family(Family::Ipv6, slots, most), any::<bool>()).prop_map(
+            |(ipv4, ipv6, swapped)| {
+                let mut families: Vec<FamilyPlan> = [ipv4, ipv6].into_iter().flatten().collect();
+                if swapped {
+                    families.reverse();
+                }
+                let node = Node {
+                    name: "n".into(),
+                    addresses: Vec::new(),
+                    local_addresses: Vec::new(),
+                    pod_cidrs: Vec::new(),
+                    zone: None,
+                };
+                NodePlan { node, families, health_checks: Vec::new() }
+            },
+        )
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    #[test]
+    fn remembering_lowers_random_plan_sequences_as_afresh(
+        plans in proptest::collection::vec(generated::plan(10, 6), 2..8),
+    ) {
+        let mut lowering = Lowering::default();
+        for (i, plan) in plans.iter().enumerate() {
+            proptest::prop_assert_eq!(lowering.lower(plan), lower(plan), "step {}", i);
+        }
+    }
+
+    // Enough endpoints for several endpoint maps, whose number then changes.
+    #[test]
+    fn remembering_lowers_as_afresh_across_endpoint_map_counts(
+        plans in proptest::collection::vec(generated::plan(40, 60), 2..5),
+    ) {
+        let mut lowering = Lowering::default();
+        for (i, plan) in plans.iter().enumerate() {
+            proptest::prop_assert_eq!(lowering.lower(plan), lower(plan), "step {}", i);
+        }
+    }
+}
