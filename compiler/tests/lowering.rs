@@ -239,7 +239,7 @@ mod generated {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, failure_persistence: None, ..Default::default() })]
 
     #[test]
     fn remembering_lowers_random_plan_sequences_as_afresh(
