@@ -1,5 +1,6 @@
 //! The netlink socket: generation id, batch commit, and read-back.
 
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,6 +143,33 @@ fn dump_in(
     exchange(sock, buf, req, seq, on)
 }
 
+/// The elements of one set. The kernel resumes a set dump by counting elements
+/// from the start of its hash table, so a dump that meets the table being
+/// resized (after a burst of inserts) returns some elements twice and, as many,
+/// not at all: a dump with a repeated element is taken again, a little later
+/// each time.
+fn set_elements(
+    sock: &Socket,
+    buf: &mut [u8],
+    req: &mut Vec<u8>,
+    seq: u32,
+    family: u8,
+    (table, set): (&str, &str),
+) -> Result<Vec<Element>, Error> {
+    for attempt in 0..READ_ATTEMPTS as u64 {
+        thread::sleep(std::time::Duration::from_millis(attempt * attempt));
+        let mut elems = Vec::new();
+        dump_in(sock, buf, req, seq, (Msg::GetSetElem, family), (table, set), |msg| {
+            decode_elem_list(msg.attrs(), &mut elems)
+        })?;
+        let mut seen = HashSet::with_capacity(elems.len());
+        if elems.iter().all(|e| seen.insert((&e.key, e.interval_end))) {
+            return Ok(elems);
+        }
+    }
+    Err(Error::Malformed(format!("set {set}: every dump repeated elements")))
+}
+
 /// The rules of one chain, in order, with their handles.
 fn chain_rules(
     sock: &Socket,
@@ -195,11 +223,7 @@ fn run_jobs(
             None => return Ok(out),
             Some(&Job::Rules(chain)) => Reply::Rules(chain_rules(sock, buf, &mut req, seq, family, (table, chain))?),
             Some(&Job::Elements(set, set_name)) => {
-                let mut elems = Vec::new();
-                dump_in(sock, buf, &mut req, seq, (Msg::GetSetElem, family), (table, set_name), |msg| {
-                    decode_elem_list(msg.attrs(), &mut elems)
-                })?;
-                Reply::Elements(set, elems)
+                Reply::Elements(set, set_elements(sock, buf, &mut req, seq, family, (table, set_name))?)
             }
         };
         out.push((i, reply));
