@@ -15,6 +15,8 @@ use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::plan::{
     EndpointSet, ExternalChain, ExternalRoute, FamilyPlan, NodePlan, NodePortScope, PortId, PortPlan, Refusal, Route,
     Target,
@@ -52,7 +54,7 @@ use names::*;
 
 /// Lowers a node plan to its ruleset: one `svcnft` table per planned family.
 pub fn lower(plan: &NodePlan) -> Ruleset {
-    Lowering::default().lower(plan)
+    Lowering { families: Vec::new(), remember: false }.lower(plan)
 }
 
 /// Lowering that remembers what it lowered: a service port whose plan and place
@@ -60,16 +62,23 @@ pub fn lower(plan: &NodePlan) -> Ruleset {
 /// so that a policy edit re-lowers only what it touched and the diff knows the
 /// other chains unchanged without comparing them. The result is always that of
 /// [`lower`].
-#[derive(Default)]
 pub struct Lowering {
     families: Vec<Memo>,
+    /// Off for a one-off lowering, which keeps nothing for a next one.
+    remember: bool,
+}
+
+impl Default for Lowering {
+    fn default() -> Self {
+        Lowering { families: Vec::new(), remember: true }
+    }
 }
 
 /// What one family's ports were lowered to, under which settings, and what
 /// they were assembled into.
 struct Memo {
     settings: Settings,
-    ports: HashMap<PortId, Lowered>,
+    ports: FxHashMap<PortId, Lowered>,
     last: Assembly,
 }
 
@@ -78,8 +87,9 @@ struct Memo {
 struct Assembly {
     /// Shared sets and maps, by name.
     sets: HashMap<String, Arc<Set>>,
-    /// How many ports contribute each element of each shared set, by set name.
-    tallies: HashMap<&'static str, HashMap<Element, u32>>,
+    /// How many ports contribute each element of each shared set, by set name;
+    /// counted when a set is first patched.
+    tallies: HashMap<&'static str, Option<Tally>>,
     /// Sorted by name, as in the table.
     affinity_sets: Vec<Arc<Set>>,
     service_chains: Vec<Arc<Chain>>,
@@ -115,8 +125,9 @@ impl Lowering {
                 let settings = Settings::of(family);
                 let kept =
                     self.families.iter().position(|m| m.settings == settings).map(|i| self.families.swap_remove(i));
-                let mut memo = kept.unwrap_or(Memo { settings, ports: HashMap::new(), last: Assembly::default() });
-                let table = lower_family(family, &mut memo);
+                let mut memo =
+                    kept.unwrap_or(Memo { settings, ports: FxHashMap::default(), last: Assembly::default() });
+                let table = lower_family(family, &mut memo, self.remember);
                 families.push(memo);
                 table
             })
@@ -503,7 +514,7 @@ impl PortLowering<'_> {
 /// Lowers a family's ports, reusing the fragment of every port whose plan and
 /// placement are those it was lowered with, and assembles the table; `memo` is
 /// updated to this plan.
-fn lower_family(plan: &FamilyPlan, memo: &mut Memo) -> Table {
+fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
     let placements = placements(plan);
     // Fragments lowered anew, and the ones they replace: only the sets these
     // contribute to can differ from the last assembly.
@@ -522,7 +533,9 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo) -> Table {
                 let old = match kept {
                     Some(kept) => Some(std::mem::replace(kept, lowered).fragment),
                     None => {
-                        memo.ports.insert(port.id.clone(), lowered);
+                        if remember {
+                            memo.ports.insert(port.id.clone(), lowered);
+                        }
                         None
                     }
                 };
@@ -564,8 +577,11 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
             Some(kept) if changes.iter().all(|(old, new)| part_of(old, part) == part_of(new, part)) => {
                 return kept.clone();
             }
-            Some(kept) if changes.len() <= PATCHED_CHANGES => patched(&kept.elements, tally, changes, part),
-            _ => counted(fragments, tally, part),
+            Some(kept) if changes.len() <= PATCHED_CHANGES => patched(&kept.elements, tally, fragments, changes, part),
+            _ => {
+                *tally = None;
+                gathered(fragments, part)
+            }
         };
         let data = verdict_map.then_some(MapData::Verdict);
         Arc::new(Set { name: name.into(), key, data, dynamic_timeout: None, comment: Some(comment.into()), elements })
@@ -645,45 +661,52 @@ fn by_name<T>(
 /// Up to this many changed ports, a shared set is patched rather than rebuilt.
 const PATCHED_CHANGES: usize = 32;
 
-/// A shared set's elements from every fragment, sorted and deduplicated, and
-/// how many ports contribute each.
-fn counted(
-    fragments: &[Arc<Fragment>],
-    tally: &mut HashMap<Element, u32>,
-    part: fn(&Fragment) -> &[Element],
-) -> Vec<Element> {
-    tally.clear();
-    for element in fragments.iter().flat_map(|f| part(f)) {
-        *tally.entry(element.clone()).or_default() += 1;
-    }
-    let mut elements: Vec<Element> = tally.keys().cloned().collect();
+/// How many ports contribute each element of a shared set.
+type Tally = FxHashMap<Element, u32>;
+
+/// A shared set's elements from every fragment, sorted and deduplicated.
+fn gathered(fragments: &[Arc<Fragment>], part: fn(&Fragment) -> &[Element]) -> Vec<Element> {
+    let mut elements: Vec<Element> = fragments.iter().flat_map(|f| part(f)).cloned().collect();
     elements.sort_unstable();
+    elements.dedup();
     elements
 }
 
 /// `kept`, the elements of the last assembly, with the contributions of the
 /// `changes` taken out and put in: an element goes when no port contributes it
-/// any more, and comes when the first one does.
+/// any more, and comes when the first one does. The first patch of a set counts
+/// the contributions of the current `fragments`; later ones update the count.
 fn patched(
     kept: &[Element],
-    tally: &mut HashMap<Element, u32>,
+    tally: &mut Option<Tally>,
+    fragments: &[Arc<Fragment>],
     changes: &[Change],
     part: fn(&Fragment) -> &[Element],
 ) -> Vec<Element> {
-    let mut touched: Vec<&Element> = Vec::new();
-    for (old, new) in changes {
-        for element in part_of(old, part) {
-            if let Some(count) = tally.get_mut(element) {
-                *count -= 1;
+    let tally = match tally {
+        Some(tally) => {
+            for (old, new) in changes {
+                for element in part_of(old, part) {
+                    if let Some(count) = tally.get_mut(element) {
+                        *count -= 1;
+                    }
+                }
+                for element in part_of(new, part) {
+                    *tally.entry(element.clone()).or_default() += 1;
+                }
             }
-            touched.push(element);
+            tally
         }
-        for element in part_of(new, part) {
-            *tally.entry(element.clone()).or_default() += 1;
-            touched.push(element);
+        None => {
+            let mut counted = Tally::default();
+            for element in fragments.iter().flat_map(|f| part(f)) {
+                *counted.entry(element.clone()).or_default() += 1;
+            }
+            tally.insert(counted)
         }
-    }
+    };
     let mut elements = kept.to_vec();
+    let touched = changes.iter().flat_map(|(old, new)| part_of(old, part).iter().chain(part_of(new, part)));
     for element in touched {
         let present = tally.get(element).is_some_and(|count| *count > 0);
         match (elements.binary_search(element), present) {
