@@ -553,4 +553,22 @@ proptest::proptest! {
         proptest::prop_assert_eq!(canonical(applier.committed()), canonical(&second));
         proptest::prop_assert_eq!(applier.apply(second.clone()).unwrap().operations, 0);
     }
+
+    /// The agent's path: policies lowered by one remembering `Lowering`, whose
+    /// unchanged chains and sets the diff skips as shared, applied in a row.
+    #[test]
+    fn remembered_lowerings_applied_in_a_row_match_nft(texts in proptest::collection::vec(generated::policy(), 3..6)) {
+        if !kernel_tests_enabled() {
+            return Ok(());
+        }
+        let ns = ns();
+        let mut applier = open(&ns);
+        let mut lowering = svcnft_compiler::lower::Lowering::default();
+        for (i, text) in texts.iter().enumerate() {
+            let plan = svcnft_compiler::plan(&check(text), "node-1").unwrap();
+            let desired = lowering.lower(&plan);
+            applier.apply(desired.clone()).unwrap_or_else(|e| panic!("step {i}: {e}\n{text}"));
+            proptest::prop_assert_eq!(listing(&ns), oracle(&desired), "step {}:\n{}", i, text);
+        }
+    }
 }
