@@ -235,13 +235,13 @@ impl Applier {
     }
 
     /// Records the new state: `desired`, without the handles of the chains this
-    /// transaction changed (learned when needed, see [`Applier::handle`]).
+    /// transaction added rules to or removed rules from (learned when needed, see
+    /// [`Applier::handle`]); a replaced rule keeps its handle.
     /// Returns the state it replaces, which can take a while to free.
     fn after_commit(&mut self, transaction: &Transaction, desired: Arc<Ruleset>) -> Result<Arc<Ruleset>, ApplyError> {
         for op in &transaction.ops {
             match op {
                 Op::AppendRule { family, chain, .. }
-                | Op::ReplaceRule { family, chain, .. }
                 | Op::DeleteRule { family, chain, .. }
                 | Op::FlushChain { family, chain }
                 | Op::AddChain { family, chain, .. }
