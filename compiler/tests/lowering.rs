@@ -238,6 +238,15 @@ mod generated {
     }
 }
 
+/// One `Lowering` over `plans` gives, at every step, what lowering afresh gives.
+fn lowers_as_afresh(plans: &[NodePlan]) -> Result<(), proptest::test_runner::TestCaseError> {
+    let mut lowering = Lowering::default();
+    for (i, plan) in plans.iter().enumerate() {
+        proptest::prop_assert_eq!(lowering.lower(plan), lower(plan), "step {}", i);
+    }
+    Ok(())
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, failure_persistence: None, ..Default::default() })]
 
@@ -245,10 +254,7 @@ proptest::proptest! {
     fn remembering_lowers_random_plan_sequences_as_afresh(
         plans in proptest::collection::vec(generated::plan(10, 6), 2..8),
     ) {
-        let mut lowering = Lowering::default();
-        for (i, plan) in plans.iter().enumerate() {
-            proptest::prop_assert_eq!(lowering.lower(plan), lower(plan), "step {}", i);
-        }
+        lowers_as_afresh(&plans)?;
     }
 
     // Enough endpoints for several endpoint maps, whose number then changes.
@@ -256,9 +262,6 @@ proptest::proptest! {
     fn remembering_lowers_as_afresh_across_endpoint_map_counts(
         plans in proptest::collection::vec(generated::plan(40, 60), 2..5),
     ) {
-        let mut lowering = Lowering::default();
-        for (i, plan) in plans.iter().enumerate() {
-            proptest::prop_assert_eq!(lowering.lower(plan), lower(plan), "step {}", i);
-        }
+        lowers_as_afresh(&plans)?;
     }
 }
