@@ -153,8 +153,8 @@ impl PortChains {
             out
         };
         PortChains {
-            cluster: name("cluster"),
-            local: name("local"),
+            cluster: name(Self::kind(EndpointSet::Cluster)),
+            local: name(Self::kind(EndpointSet::Local)),
             external: name("external"),
             firewall: name("firewall"),
         }
@@ -166,6 +166,7 @@ impl PortChains {
             .expect("writing to a String cannot fail");
     }
 
+    /// The name prefix of an endpoint set's chain.
     fn kind(set: EndpointSet) -> &'static str {
         match set {
             EndpointSet::Cluster => "cluster",
