@@ -10,18 +10,20 @@ use std::time::Duration;
 use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
-use svcnft_grammar::incremental::{reparse, Parsed};
 use svcnft_grammar::{
     ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, File, Item, ItemKind, NodeStmt, PortOption, PortStmt,
     QualifiedName, ServiceStmt, Span, Stmt, SyntaxError, Word,
 };
 
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
+
+mod incremental;
 use crate::policy::{
     Cluster, Conditions, Endpoint, EndpointPort, Endpoints, Family, LoadBalancerIp, LoadBalancerIpMode, Node,
     NodePortAddresses, Policy, Protocol, Service, ServiceName, ServicePort, ServiceType, TargetPort,
     TrafficDistribution, TrafficPolicy,
 };
+pub use incremental::Incremental;
 
 /// A valid policy, with the warnings found on the way.
 #[derive(Debug, Clone)]
@@ -50,6 +52,14 @@ pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
 pub fn check_parsed<'a>(
     parsed: impl IntoIterator<Item = Result<&'a File, &'a SyntaxError>>,
 ) -> Result<Checked, Diagnostics> {
+    check_linked(parsed).0
+}
+
+/// [`check_parsed`], and, for a valid policy, what an incremental check of the
+/// next edit needs to know of this one.
+fn check_linked<'a>(
+    parsed: impl IntoIterator<Item = Result<&'a File, &'a SyntaxError>>,
+) -> (Result<Checked, Diagnostics>, Option<Links>) {
     let mut checker = Checker::default();
     let mut items: Vec<(usize, &Item)> = Vec::new();
     for (index, file) in parsed.into_iter().enumerate() {
@@ -64,35 +74,29 @@ pub fn check_parsed<'a>(
     let mut diags = checker.diags;
     diags.sort();
     if diags.errors() > 0 {
-        Err(diags)
-    } else {
-        Ok(Checked { policy: checker.out, warnings: diags })
+        return (Err(diags), None);
     }
+    let mut policy = checker.out;
+    policy.services = checker.services.into_iter().map(Arc::new).collect();
+    let links = Links {
+        node_names: checker.node_names,
+        service_items: checker.service_items,
+        endpoints_items: checker.endpoints_items,
+        named_targets: checker.named_targets,
+    };
+    (Ok(Checked { policy, warnings: diags }), Some(links))
 }
 
-/// The parses of a policy's files from one check to the next, so that a check after
-/// an edit runs pest only on the items whose text changed. Its results are always
-/// those of [`check`].
-#[derive(Debug, Default)]
-pub struct Incremental {
-    /// By file position: a file's items are matched by their text, so a file that
-    /// moves to another position costs a parse but never a wrong result.
-    files: Vec<Parsed>,
-}
-
-impl Incremental {
-    /// Parses `files`, reusing the unchanged items of the previous call's parses.
-    pub fn parse(&mut self, files: &[SourceFile]) -> Vec<Result<&File, SyntaxError>> {
-        self.files.resize_with(files.len(), Parsed::default);
-        let results: Vec<_> = self.files.iter_mut().zip(files).map(|(p, f)| reparse(p, &f.text)).collect();
-        results.into_iter().zip(&self.files).map(|(result, p)| result.map(|_| &p.file)).collect()
-    }
-
-    /// Checks `files` as [`check`] does.
-    pub fn check(&mut self, files: &[SourceFile]) -> Result<Checked, Diagnostics> {
-        let parsed = self.parse(files);
-        check_parsed(parsed.iter().map(|p| p.as_ref().map(|file| *file)))
-    }
+/// How the items of a valid policy relate, beyond what the [`Policy`] says.
+#[derive(Debug, Clone)]
+struct Links {
+    node_names: FxHashSet<Arc<str>>,
+    /// Per service: the index of its item among all items of the policy.
+    service_items: Vec<usize>,
+    /// Per `endpoints` item (by item index): the service it belongs to.
+    endpoints_items: FxHashMap<usize, usize>,
+    /// Per service: its target ports given as names (port index, where).
+    named_targets: Vec<Vec<(usize, Origin)>>,
 }
 
 /// Where a declaration came from, for rules that span several items.
@@ -109,11 +113,19 @@ struct Checker<'a> {
     diags: Diagnostics,
     /// The file of the item being checked.
     file: usize,
+    /// The index of the item being checked among all items.
+    item: usize,
     out: Policy,
+    /// `out`'s services while they are checked; shared once done.
+    services: Vec<Service>,
+    /// Per service: the index of its item.
+    service_items: Vec<usize>,
+    /// Per `endpoints` item: the service it belongs to.
+    endpoints_items: FxHashMap<usize, usize>,
     /// Node ports and health-check node ports in use, per protocol, and their service.
     node_ports: FxHashMap<(Protocol, u16), NameRef<'a>>,
     cluster_ips: FxHashMap<IpAddr, NameRef<'a>>,
-    /// Where each declared service is in `out.services`: looking names up by
+    /// Where each declared service is in `services`: looking names up by
     /// scanning made checking 10k services take seconds.
     service_index: FxHashMap<NameRef<'a>, usize>,
     /// The names in `out.nodes`, shared with their endpoints: every endpoint names
@@ -154,19 +166,21 @@ impl<'a> Checker<'a> {
                 self.node(name, body);
             }
         }
-        for (file, item) in items {
-            self.file = *file;
+        for (index, (file, item)) in items.iter().enumerate() {
+            (self.file, self.item) = (*file, index);
             if let ItemKind::Service { name, body } = &item.kind {
                 self.service(name, body);
             }
         }
-        for (file, item) in items {
-            self.file = *file;
+        for (index, (file, item)) in items.iter().enumerate() {
+            (self.file, self.item) = (*file, index);
             if let ItemKind::Endpoints { name, body } = &item.kind {
                 self.endpoints(name, body);
             }
         }
-        self.warn_unresolved_targets();
+        let services = std::mem::take(&mut self.services);
+        warn_unresolved_targets(&services, &self.named_targets, &mut self.diags);
+        self.services = services;
     }
 
     // ---- cluster ----------------------------------------------------------
@@ -344,8 +358,9 @@ impl<'a> Checker<'a> {
             return;
         }
         self.named_targets.push(targets);
-        self.service_index.insert(name, self.out.services.len());
-        self.out.services.push(Service {
+        self.service_items.push(self.item);
+        self.service_index.insert(name, self.services.len());
+        self.services.push(Service {
             name: name.owned(),
             kind,
             cluster_ips,
@@ -594,12 +609,28 @@ impl<'a> Checker<'a> {
             }
             _ => {}
         }
+        if let Some(service) = index {
+            self.endpoints_items.insert(self.item, service);
+        }
+        // The ports are lent to the block's check, which reads them while it reports.
+        let ports = index.map(|i| std::mem::take(&mut self.services[i].ports));
+        let block = self.endpoints_block(body, ports.as_deref());
+        if let (Some(service), Some(ports)) = (index.map(|i| &mut self.services[i]), ports) {
+            service.ports = ports;
+            if service.endpoints.is_none() {
+                service.endpoints = Some(block);
+            }
+        }
+    }
+
+    /// The endpoints of one block; `ports` are those of its service, when declared.
+    fn endpoints_block(&mut self, body: &'a [Stmt<EndpointsStmt>], ports: Option<&[ServicePort]>) -> Endpoints {
         let mut block = Endpoints { ports: Vec::new(), endpoints: Vec::with_capacity(body.len()) };
         let mut addresses = FxHashSet::with_capacity_and_hasher(body.len(), Default::default());
         for stmt in body {
             match &stmt.kind {
                 EndpointsStmt::Port { name, port } => {
-                    if let Some(p) = self.endpoint_port(name.as_ref(), port, index, &block) {
+                    if let Some(p) = self.endpoint_port(name.as_ref(), port, ports, &block) {
                         block.ports.push(p);
                     }
                 }
@@ -617,35 +648,31 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        if let Some(service) = index.map(|i| &mut self.out.services[i]) {
-            if service.endpoints.is_none() {
-                service.endpoints = Some(block);
-            }
-        }
+        block
     }
 
-    /// `port NAME PORT` must name a port of the service (by index in `out.services`,
-    /// when declared); `port PORT` fits only a service whose single port is unnamed
+    /// `port NAME PORT` must name one of the service's `ports` (when it is
+    /// declared); `port PORT` fits only a service whose single port is unnamed
     /// (as EndpointSlice ports match by name).
     fn endpoint_port(
         &mut self,
         name: Option<&'a Word>,
         port: &Word,
-        service: Option<usize>,
+        ports: Option<&[ServicePort]>,
         block: &Endpoints,
     ) -> Option<EndpointPort> {
         let number = self.port(port);
         let name = match name {
             Some(w) => {
                 let n = self.name(w, "port name", MAX_NAME)?;
-                if service.is_some() && !self.ports_of(service).iter().any(|p| p.name.as_deref() == Some(n)) {
+                if ports.is_some_and(|ports| !ports.iter().any(|p| p.name.as_deref() == Some(n))) {
                     self.error(w.span, format!("the service has no port named `{n}`"));
                     return None;
                 }
                 Some(n.to_owned())
             }
             None => {
-                if service.is_some() && !matches!(self.ports_of(service), [p] if p.name.is_none()) {
+                if ports.is_some_and(|ports| !matches!(ports, [p] if p.name.is_none())) {
                     self.error(
                         port.span,
                         "`port PORT` without a name fits only a service with one unnamed port; write `port NAME PORT`",
@@ -660,11 +687,6 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(EndpointPort { name, port: number? })
-    }
-
-    /// The ports of the service at `index` in `out.services`.
-    fn ports_of(&self, index: Option<usize>) -> &[ServicePort] {
-        index.map_or(&[], |i| &self.out.services[i].ports)
     }
 
     fn endpoint(&mut self, e: &'a EndpointStmt) -> Option<Endpoint> {
@@ -745,31 +767,6 @@ impl<'a> Checker<'a> {
             serving: !not_serving && (terminating || !not_ready),
             terminating,
         })
-    }
-
-    /// A service port whose target is a name needs an endpoints `port` for it.
-    fn warn_unresolved_targets(&mut self) {
-        for (service, targets) in self.out.services.iter().zip(&self.named_targets) {
-            for (index, origin) in targets {
-                let port = &service.ports[*index];
-                let resolved = service.endpoints.as_ref().is_some_and(|e| e.ports.iter().any(|p| p.name == port.name));
-                if !resolved {
-                    let Some(TargetPort::Name(target)) = &port.target else {
-                        continue;
-                    };
-                    self.diags.push(
-                        Severity::Warning,
-                        origin.file,
-                        origin.span,
-                        format!(
-                            "target port `{target}` is a name and no endpoints `port` statement of `{}` resolves it; {} gets no endpoints",
-                            service.name,
-                            describe_port(port.name.as_deref())
-                        ),
-                    );
-                }
-            }
-        }
     }
 
     // ---- values -----------------------------------------------------------
@@ -893,6 +890,35 @@ impl<'a> Checker<'a> {
                     ),
                 );
                 None
+            }
+        }
+    }
+}
+
+/// A service port whose target is a name needs an endpoints `port` for it.
+fn warn_unresolved_targets<S: std::borrow::Borrow<Service>>(
+    services: &[S],
+    named_targets: &[Vec<(usize, Origin)>],
+    diags: &mut Diagnostics,
+) {
+    for (service, targets) in services.iter().map(S::borrow).zip(named_targets) {
+        for (index, origin) in targets {
+            let port = &service.ports[*index];
+            let resolved = service.endpoints.as_ref().is_some_and(|e| e.ports.iter().any(|p| p.name == port.name));
+            if !resolved {
+                let Some(TargetPort::Name(target)) = &port.target else {
+                    continue;
+                };
+                diags.push(
+                    Severity::Warning,
+                    origin.file,
+                    origin.span,
+                    format!(
+                        "target port `{target}` is a name and no endpoints `port` statement of `{}` resolves it; {} gets no endpoints",
+                        service.name,
+                        describe_port(port.name.as_deref())
+                    ),
+                );
             }
         }
     }

@@ -16,8 +16,9 @@ pub struct Policy {
     pub cluster: Cluster,
     /// Declared nodes, in declaration order.
     pub nodes: Vec<Node>,
-    /// Services in declaration order, each with its endpoints attached.
-    pub services: Vec<Service>,
+    /// Services in declaration order, each with its endpoints attached. Shared, so
+    /// that the policy after an edit shares every service the edit left alone.
+    pub services: Vec<Arc<Service>>,
 }
 
 impl Policy {

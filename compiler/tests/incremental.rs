@@ -97,3 +97,134 @@ fn files_added_removed_and_reordered() {
     ];
     same_as_check(&versions);
 }
+
+/// Two files; named targets (a warning while unresolved) in services after the
+/// endpoints blocks that the edits grow and shrink.
+const NODES: &str = "node node-1 { address 10.240.0.3; pod-cidr 10.244.1.0/24 }
+node node-2 { address 10.240.0.4; pod-cidr 10.244.2.0/24 }
+endpoints default/web { endpoint 10.244.1.5 node node-1 }
+";
+const SERVICES: &str = "endpoints default/api {
+    port http 8080
+    endpoint 10.244.1.7 node node-1
+}
+service default/web { cluster-ip 10.96.0.10; port 80/tcp }
+service default/api {
+    cluster-ip 10.96.0.11
+    port http 80/tcp target web-port
+    port grpc 9000/tcp target grpc-port
+}
+service default/idle { cluster-ip 10.96.0.12; port 80/tcp target named }
+endpoints default/idle { endpoint 10.244.2.9 node node-2 }
+";
+
+#[test]
+fn endpoints_edits_alone_recheck_only_their_blocks() {
+    let api = "    port http 8080\n    endpoint 10.244.1.7 node node-1\n";
+    let web = "endpoints default/web { endpoint 10.244.1.5 node node-1 }";
+    let with = |nodes: &str, services: &str| files(&[("nodes.svc", nodes), ("services.svc", services)]);
+    let versions = [
+        with(NODES, SERVICES),
+        // An endpoint added, one readdressed, one moved to the other node.
+        with(NODES, &edit(SERVICES, api, &format!("{api}    endpoint 10.244.2.3 node node-2 not-ready\n"))),
+        with(&edit(NODES, "10.244.1.5 node node-1", "10.244.1.6 node node-2"), SERVICES),
+        // The warning for `grpc-port` goes and comes back; the block grows, so the
+        // warnings of the services after it move.
+        with(NODES, &edit(SERVICES, api, &format!("    port grpc 9090\n{api}    endpoint 10.244.1.8\n"))),
+        with(NODES, SERVICES),
+        // Errors inside a block: the last good policy stays for the next edit.
+        with(NODES, &edit(SERVICES, "10.244.1.7 node node-1", "10.244.1.7 node node-9")),
+        with(NODES, &edit(SERVICES, "port http 8080", "port 8080")),
+        with(NODES, &edit(SERVICES, "port http 8080", "port nope 8080")),
+        with(NODES, &edit(SERVICES, api, &format!("{api}    endpoint 10.244.1.7 ready\n"))),
+        with(
+            &edit(NODES, web, "endpoints default/web { endpoint 10.244.1.300 node node-1 terminating ready }"),
+            SERVICES,
+        ),
+        with(NODES, SERVICES),
+        // A block emptied, then renamed to another service: a full check.
+        with(&edit(NODES, web, "endpoints default/web { }"), SERVICES),
+        with(&edit(NODES, web, "endpoints default/idle { }"), SERVICES),
+        with(NODES, SERVICES),
+        // A service changed together with an endpoints block.
+        with(NODES, &edit(&edit(SERVICES, "10.96.0.12", "10.96.0.13"), "10.244.2.9", "10.244.2.10")),
+        with(NODES, SERVICES),
+    ];
+    same_as_check(&versions);
+}
+
+mod random_edits {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An edit of the synthetic policy: a whole endpoints block rewritten (most
+    /// often), a service's cluster IP changed, or an invalid endpoint added.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Endpoints { service: usize, endpoints: Vec<(u8, u8, bool)> },
+        ClusterIp { service: usize, last: u8 },
+        Break { service: usize },
+    }
+
+    fn edit_strategy() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            6 => (0..12usize, prop::collection::vec((0..4u8, 1..250u8, any::<bool>()), 0..4))
+                .prop_map(|(service, endpoints)| Edit::Endpoints { service, endpoints }),
+            1 => (0..12usize, 1..250u8).prop_map(|(service, last)| Edit::ClusterIp { service, last }),
+            1 => (0..12usize).prop_map(|service| Edit::Break { service }),
+        ]
+    }
+
+    /// The text of block `service` of `text` (from its keyword to its `}`).
+    fn block(text: &str, service: usize) -> (usize, usize) {
+        let start = text.find(&format!("endpoints default/svc-{service} {{")).expect("the block is there");
+        (start, start + text[start..].find('}').expect("the block ends") + 1)
+    }
+
+    fn apply(text: &str, edit: &Edit) -> String {
+        let mut out = text.to_owned();
+        match edit {
+            Edit::Endpoints { service, endpoints } => {
+                let (start, end) = block(text, *service);
+                let mut body = format!("endpoints default/svc-{service} {{\n");
+                for (node, last, ready) in endpoints {
+                    let condition = if *ready { "" } else { " terminating" };
+                    body.push_str(&format!("    endpoint 10.130.0.{last} node node-{node}{condition}\n"));
+                }
+                body.push('}');
+                out.replace_range(start..end, &body);
+            }
+            Edit::ClusterIp { service, last } => {
+                let from = format!("service default/svc-{service} {{\n    cluster-ip 10.96.0.{}\n", service + 1);
+                let to = format!("service default/svc-{service} {{\n    cluster-ip 10.97.0.{last}\n");
+                out = out.replacen(&from, &to, 1);
+            }
+            Edit::Break { service } => {
+                let (start, _) = block(text, *service);
+                let body = start + text[start..].find('\n').expect("the block has lines") + 1;
+                out.insert_str(body, "    endpoint 10.130.0.999 node node-0\n");
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Sequences of edits, each applied to the last version (a broken block is
+        /// fixed by the next rewrite of it or stays broken): the incremental check
+        /// always equals the full one.
+        #[test]
+        fn equal_the_full_check(edits in prop::collection::vec(edit_strategy(), 1..12)) {
+            let shape = Shape { services: 12, endpoints_per_service: 2, nodes: 4, affinity_every: 5 };
+            let mut text = policy_text(shape, 0);
+            let mut versions = vec![files(&[("cluster.svc", &text)])];
+            for edit in &edits {
+                text = apply(&text, edit);
+                versions.push(files(&[("cluster.svc", &text)]));
+            }
+            same_as_check(&versions);
+        }
+    }
+}

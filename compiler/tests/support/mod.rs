@@ -51,7 +51,7 @@ impl P {
     }
 
     pub fn svc(mut self, service: S) -> P {
-        self.0.services.push(service.0);
+        self.0.services.push(std::sync::Arc::new(service.0));
         self
     }
 
