@@ -66,22 +66,19 @@ impl Incremental {
             .map(|&(file, item)| Print {
                 file,
                 start: item.span.start,
-                hash: xxh3_64(files[file].text[item.span.start..item.span.end].as_bytes()),
+                hash: xxh3_64(&files[file].text.as_bytes()[item.span.start..item.span.end]),
             })
             .collect();
-        let prints = match self.last.take() {
-            Some(last) => match endpoints_edit(last, &items, prints) {
-                Ok((result, last)) => {
-                    self.last = Some(last);
-                    return result;
+        if let Some(last) = &mut self.last {
+            if let Some(edit) = endpoints_edit(last, &items, &prints) {
+                if let Ok(checked) = &edit.result {
+                    last.checked = checked.clone();
+                    last.links.named_targets = edit.named_targets;
+                    last.items = prints;
                 }
-                Err((last, prints)) => {
-                    self.last = Some(last);
-                    prints
-                }
-            },
-            None => prints,
-        };
+                return edit.result;
+            }
+        }
         let (result, links) = check_linked(asts.into_iter().map(Ok));
         if let (Ok(checked), Some(links)) = (&result, links) {
             self.last = Some(Last { checked: checked.clone(), links, items: prints });
@@ -96,22 +93,23 @@ fn parse<'p>(parsed: &'p mut Vec<Parsed>, files: &[SourceFile]) -> Vec<Result<&'
     results.into_iter().zip(parsed.iter()).map(|(result, p)| result.map(|_| &p.file)).collect()
 }
 
-/// The check of an edit of `last` that changed only `endpoints` blocks, and the
-/// new `last` (which an invalid edit leaves as it was). Any other edit gives
-/// `last` and `prints` back, for a full check.
-#[allow(clippy::type_complexity)]
-fn endpoints_edit<'a>(
-    mut last: Last,
-    items: &[(usize, &'a Item)],
-    prints: Vec<Print>,
-) -> Result<(Result<Checked, Diagnostics>, Last), (Last, Vec<Print>)> {
+/// The check of an edit that changed only `endpoints` blocks of `last`.
+struct EndpointsEdit {
+    result: Result<Checked, Diagnostics>,
+    /// As in `last`, moved to where the edit put their items.
+    named_targets: Vec<Vec<(usize, Origin)>>,
+}
+
+/// Checks an edit of `last` that changed only `endpoints` blocks; `None` for
+/// any other edit, which needs a full check.
+fn endpoints_edit(last: &Last, items: &[(usize, &Item)], prints: &[Print]) -> Option<EndpointsEdit> {
     let mut changed = Vec::new();
     if prints.len() != last.items.len() {
-        return Err((last, prints));
+        return None;
     }
     for (index, (new, old)) in prints.iter().zip(&last.items).enumerate() {
         if new.file != old.file {
-            return Err((last, prints));
+            return None;
         }
         if new.hash == old.hash {
             continue;
@@ -124,9 +122,7 @@ fn endpoints_edit<'a>(
             }
             _ => None,
         };
-        let Some((service, body)) = block else {
-            return Err((last, prints));
-        };
+        let (service, body) = block?;
         changed.push((index, service, body));
     }
 
@@ -158,12 +154,6 @@ fn endpoints_edit<'a>(
     let mut diags = checker.diags;
     warn_unresolved_targets(&policy.services, &named_targets, &mut diags);
     diags.sort();
-    if diags.errors() > 0 {
-        return Ok((Err(diags), last));
-    }
-    let checked = Checked { policy, warnings: diags };
-    last.checked = checked.clone();
-    last.links.named_targets = named_targets;
-    last.items = prints;
-    Ok((Ok(checked), last))
+    let result = if diags.errors() > 0 { Err(diags) } else { Ok(Checked { policy, warnings: diags }) };
+    Some(EndpointsEdit { result, named_targets })
 }
