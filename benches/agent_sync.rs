@@ -10,8 +10,9 @@
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use svcnft_compiler::check::{check_parsed, Incremental};
+use svcnft_compiler::check::Incremental;
 use svcnft_compiler::lower::Lowering;
+use svcnft_compiler::plan::Planning;
 use svcnft_compiler::synthetic::{policy_text, Shape};
 use svcnft_compiler::Ruleset;
 use svcnft_runtime::agent::{Metrics, PolicyWatcher, Status, Syncer};
@@ -37,17 +38,18 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-/// Where a sync's time goes before the kernel: read, parse (keeping the parses in
-/// `front`, as the agent does), check and compile of `path` (keeping lowered
-/// ports in `lowering`, as the agent does), and the diff from `previous`;
-/// returns the ruleset for the next diff.
-fn stages(
-    path: &std::path::Path,
-    front: &mut Incremental,
-    lowering: &mut Lowering,
-    previous: &Ruleset,
-    into: &mut [Vec<Duration>; 6],
-) -> Ruleset {
+/// What the agent keeps from one compile to the next.
+#[derive(Default)]
+struct Memos {
+    front: Incremental,
+    planning: Planning,
+    lowering: Lowering,
+}
+
+/// Where a sync's time goes before the kernel: read, parse and check, plan and
+/// lower of `path` (each keeping what it did in `memos`, as the agent does),
+/// and the diff from `previous`; returns the ruleset for the next diff.
+fn stages(path: &std::path::Path, memos: &mut Memos, previous: &Ruleset, into: &mut [Vec<Duration>; 5]) -> Ruleset {
     let mut lap = Instant::now();
     let mut took = |stage: usize| {
         into[stage].push(lap.elapsed());
@@ -55,16 +57,14 @@ fn stages(
     };
     let files = svcnft_runtime::sources::read_policy(&[path.to_path_buf()]).unwrap();
     took(0);
-    let parsed = front.parse(&files);
+    let checked = memos.front.check(&files).expect("valid");
     took(1);
-    let checked = check_parsed(parsed.iter().map(|p| p.as_ref().map(|file| *file))).expect("valid");
+    let plan = memos.planning.plan(&checked.policy, "node-0").unwrap();
     took(2);
-    let plan = svcnft_compiler::plan(&checked.policy, "node-0").unwrap();
+    let ruleset = memos.lowering.lower(&plan);
     took(3);
-    let ruleset = lowering.lower(&plan);
-    took(4);
     svcnft_compiler::diff::diff(previous, &ruleset);
-    took(5);
+    took(4);
     ruleset
 }
 
@@ -99,9 +99,9 @@ fn main() {
         let (tx, rx) = mpsc::channel();
         let _watcher = PolicyWatcher::start(std::slice::from_ref(&path), tx).expect("watch");
         let (mut total, mut event, mut commit, mut operations) = (Vec::new(), Vec::new(), Vec::new(), 0);
-        let mut breakdown: [Vec<Duration>; 6] = Default::default();
-        let (mut front, mut lowering) = (Incremental::default(), Lowering::default());
-        let mut previous = stages(&path, &mut front, &mut lowering, &Ruleset::default(), &mut Default::default());
+        let mut breakdown: [Vec<Duration>; 5] = Default::default();
+        let mut memos = Memos::default();
+        let mut previous = stages(&path, &mut memos, &Ruleset::default(), &mut Default::default());
         for i in 0..samples {
             let started = Instant::now();
             std::fs::write(&path, &texts[i % 2]).unwrap();
@@ -111,7 +111,7 @@ fn main() {
             total.push(started.elapsed());
             commit.push(report.elapsed);
             operations = report.operations;
-            previous = stages(&path, &mut front, &mut lowering, &previous, &mut breakdown);
+            previous = stages(&path, &mut memos, &previous, &mut breakdown);
             // Events of this write still in flight must not time the next one.
             std::thread::sleep(Duration::from_millis(100));
             while rx.try_recv().is_ok() {}
@@ -121,7 +121,8 @@ fn main() {
         report("diff + encode + commit", commit);
         report("write → commit (total)", total);
         println!("breakdown, timed again outside the sync:");
-        let names = ["read", "parse (changed items)", "check", "plan", "lower (changed ports)", "diff"];
+        let names =
+            ["read", "parse + check (changed items)", "plan (changed services)", "lower (changed ports)", "diff"];
         for (name, samples) in names.into_iter().zip(breakdown) {
             report(name, samples);
         }

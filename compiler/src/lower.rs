@@ -10,12 +10,12 @@
 //! `numgen` rules that DNAT directly), and hairpin traffic is recognised once, in
 //! postrouting, through one `address . address` set.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::plan::{
     EndpointSet, ExternalChain, ExternalRoute, FamilyPlan, NodePlan, NodePortScope, PortId, PortPlan, Refusal, Route,
@@ -78,7 +78,8 @@ impl Default for Lowering {
 /// they were assembled into.
 struct Memo {
     settings: Settings,
-    ports: FxHashMap<PortId, Lowered>,
+    /// The ports of the last plan, in its order.
+    ports: Vec<Lowered>,
     last: Assembly,
 }
 
@@ -93,10 +94,14 @@ struct Assembly {
     /// Sorted by name, as in the table.
     affinity_sets: Vec<Arc<Set>>,
     service_chains: Vec<Arc<Chain>>,
+    /// How many endpoint maps there were.
+    endpoint_maps: usize,
 }
 
 struct Lowered {
-    port: PortPlan,
+    port: Arc<PortPlan>,
+    /// Of the names of its cluster and local chains, which place them.
+    hashes: [u64; 2],
     placement: [Option<Placement>; 2],
     fragment: Arc<Fragment>,
 }
@@ -125,8 +130,7 @@ impl Lowering {
                 let settings = Settings::of(family);
                 let kept =
                     self.families.iter().position(|m| m.settings == settings).map(|i| self.families.swap_remove(i));
-                let mut memo =
-                    kept.unwrap_or(Memo { settings, ports: FxHashMap::default(), last: Assembly::default() });
+                let mut memo = kept.unwrap_or(Memo { settings, ports: Vec::new(), last: Assembly::default() });
                 let table = lower_family(family, &mut memo, self.remember);
                 families.push(memo);
                 table
@@ -226,36 +230,34 @@ fn endpoint_map_count(plan: &FamilyPlan) -> u32 {
     endpoints.div_ceil(ENDPOINTS_PER_MAP).max(1).next_power_of_two() as u32
 }
 
-/// The placement of every load-balancing chain of the family, by port (in plan
-/// order) and endpoint set (cluster, local).
-fn placements(plan: &FamilyPlan) -> Vec<[Option<Placement>; 2]> {
-    let count = u64::from(endpoint_map_count(plan));
-    let mut taken: HashSet<(u32, u32)> = HashSet::new();
-    let mut place = |chain: &str, endpoints: usize| {
-        let hash = xxhash_rust::xxh3::xxh3_64(chain.as_bytes());
-        let map = (hash % count) as u32;
-        let slots = (endpoints as u32).div_ceil(SLOT_KEYS);
-        let mut first = ((hash >> 32) % u64::from(HASHED_SLOTS)) as u32;
-        while (first..first + slots).any(|slot| taken.contains(&(map, slot))) {
-            first += 1;
-        }
-        taken.extend((first..first + slots).map(|slot| (map, slot)));
-        Placement { map, offset: first * SLOT_KEYS }
-    };
+/// The hashes of the names of a port's cluster and local chains.
+fn chain_hashes(id: &PortId) -> [u64; 2] {
     let mut name = String::new();
-    plan.ports
-        .iter()
-        .map(|port| {
-            [EndpointSet::Cluster, EndpointSet::Local].map(|set| {
-                let endpoints = port.endpoints(set).len();
-                (port.session_affinity.is_none() && endpoints > 0).then(|| {
-                    name.clear();
-                    PortChains::write_name(&mut name, PortChains::kind(set), &port.id);
-                    place(&name, endpoints)
-                })
-            })
+    [EndpointSet::Cluster, EndpointSet::Local].map(|set| {
+        name.clear();
+        PortChains::write_name(&mut name, PortChains::kind(set), id);
+        xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+    })
+}
+
+/// Places a port's load-balancing chains (cluster, local) in `count` maps, in
+/// slots not `taken` by the ports placed before it.
+fn place(port: &PortPlan, hashes: [u64; 2], count: u32, taken: &mut FxHashSet<(u32, u32)>) -> [Option<Placement>; 2] {
+    let mut sets = [EndpointSet::Cluster, EndpointSet::Local].into_iter().zip(hashes);
+    [(); 2].map(|()| {
+        let (set, hash) = sets.next().expect("two sets");
+        let endpoints = port.endpoints(set).len();
+        (port.session_affinity.is_none() && endpoints > 0).then(|| {
+            let map = (hash % u64::from(count)) as u32;
+            let slots = (endpoints as u32).div_ceil(SLOT_KEYS);
+            let mut first = ((hash >> 32) % u64::from(HASHED_SLOTS)) as u32;
+            while (first..first + slots).any(|slot| taken.contains(&(map, slot))) {
+                first += 1;
+            }
+            taken.extend((first..first + slots).map(|slot| (map, slot)));
+            Placement { map, offset: first * SLOT_KEYS }
         })
-        .collect()
+    })
 }
 
 fn endpoint_map_name(map: u32) -> String {
@@ -516,46 +518,48 @@ impl PortLowering<'_> {
 /// placement are those it was lowered with, and assembles the table; `memo` is
 /// updated to this plan.
 fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
-    let placements = placements(plan);
+    let count = endpoint_map_count(plan);
+    let mut taken = FxHashSet::default();
+    // Ports usually keep their place in the plan; those that moved are found by id.
+    let mut previous: Vec<Option<Lowered>> = std::mem::take(&mut memo.ports).into_iter().map(Some).collect();
+    let mut by_id: Option<FxHashMap<PortId, usize>> = None;
     // Fragments lowered anew, and the ones they replace: only the sets these
     // contribute to can differ from the last assembly.
     let mut changes: Vec<Change> = Vec::new();
-    let fragments: Vec<Arc<Fragment>> = plan
-        .ports
-        .iter()
-        .zip(placements)
-        .map(|(port, placement)| match memo.ports.get_mut(&port.id) {
-            Some(kept) if kept.port == *port && kept.placement == placement => kept.fragment.clone(),
+    let mut lowered = Vec::with_capacity(plan.ports.len());
+    for (at, port) in plan.ports.iter().enumerate() {
+        let same_port = |kept: &Option<Lowered>| kept.as_ref().is_some_and(|k| k.port.id == port.id);
+        let kept = if previous.get(at).is_some_and(same_port) {
+            previous[at].take()
+        } else {
+            let index = by_id.get_or_insert_with(|| {
+                previous.iter().enumerate().filter_map(|(i, k)| Some((k.as_ref()?.port.id.clone(), i))).collect()
+            });
+            index.get(&port.id).and_then(|&i| previous[i].take())
+        };
+        let hashes = kept.as_ref().map_or_else(|| chain_hashes(&port.id), |k| k.hashes);
+        let placement = place(port, hashes, count, &mut taken);
+        let lowering = match kept {
+            Some(k) if k.placement == placement && (Arc::ptr_eq(&k.port, port) || k.port == *port) => {
+                Lowered { port: port.clone(), ..k }
+            }
             kept => {
                 let mut lowering = PortLowering { plan, placement, out: Fragment::default() };
                 lowering.add_port(port);
                 let fragment = Arc::new(lowering.out);
-                let lowered = Lowered { port: port.clone(), placement, fragment: fragment.clone() };
-                let old = match kept {
-                    Some(kept) => Some(std::mem::replace(kept, lowered).fragment),
-                    None => {
-                        if remember {
-                            memo.ports.insert(port.id.clone(), lowered);
-                        }
-                        None
-                    }
-                };
-                changes.push((old, Some(fragment.clone())));
-                fragment
+                changes.push((kept.map(|k| k.fragment), Some(fragment.clone())));
+                Lowered { port: port.clone(), hashes, placement, fragment }
             }
-        })
-        .collect();
-    if memo.ports.len() > plan.ports.len() {
-        let current: HashSet<&PortId> = plan.ports.iter().map(|p| &p.id).collect();
-        memo.ports.retain(|id, gone| {
-            let keep = current.contains(id);
-            if !keep {
-                changes.push((Some(gone.fragment.clone()), None));
-            }
-            keep
-        });
+        };
+        lowered.push(lowering);
     }
-    assemble(plan, &fragments, &changes, &mut memo.last)
+    changes.extend(previous.into_iter().flatten().map(|gone| (Some(gone.fragment), None)));
+    let fragments: Vec<Arc<Fragment>> = lowered.iter().map(|l| l.fragment.clone()).collect();
+    let table = assemble(plan, &fragments, &changes, &mut memo.last);
+    if remember {
+        memo.ports = lowered;
+    }
+    table
 }
 
 /// The table of `fragments`, reusing the `last` assembly (and updating it): a
@@ -616,7 +620,8 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
     // Endpoint maps before the affinity sets: the kernel finds a set by name by
     // walking the table's sets in the order they were added, for every rule
     // that names one, and every balancing rule names an endpoint map.
-    sets.extend(endpoint_maps(plan, fragments, changes, previous));
+    sets.extend(endpoint_maps(plan, fragments, changes, previous, last.endpoint_maps));
+    last.endpoint_maps = endpoint_map_count(plan) as usize;
     last.sets = sets.iter().map(|s| (s.name.clone(), s.clone())).collect();
     // The cluster and local chains of one port share an endpoint's set, so a
     // client keeps its endpoint whichever chain it comes through: deduplicated.
@@ -728,12 +733,13 @@ fn part_of<T>(fragment: &Option<Arc<Fragment>>, part: fn(&Fragment) -> &[T]) -> 
 }
 
 /// The non-empty endpoint maps; those none of the `changes` touches are taken
-/// from `previous`.
+/// from `previous`, of which there were `previous_count`.
 fn endpoint_maps(
     plan: &FamilyPlan,
     fragments: &[Arc<Fragment>],
     changes: &[Change],
     previous: &HashMap<String, Arc<Set>>,
+    previous_count: usize,
 ) -> Vec<Arc<Set>> {
     let count = endpoint_map_count(plan) as usize;
     let endpoints_of = |f| part_of(f, |f| &f.endpoints);
@@ -749,17 +755,39 @@ fn endpoint_maps(
             }
         }
     }
-    // When the map count changes, so do all placements: every map is touched.
     let mut rebuilt: Vec<Vec<Element>> = vec![Vec::new(); count];
-    for (map, element) in fragments.iter().flat_map(|f| &f.endpoints) {
-        if touched[*map as usize] {
+    if previous_count == count {
+        // A touched map is patched: every key is one chain's, so taking out the
+        // changed ports' old elements, then putting in their new ones, leaves
+        // every other chain's elements as they were.
+        for (map, elements) in rebuilt.iter_mut().enumerate().filter(|(map, _)| touched[*map]) {
+            if let Some(kept) = previous.get(&endpoint_map_name(map as u32)) {
+                elements.clone_from(&kept.elements);
+            }
+        }
+        for (map, element) in changes.iter().flat_map(|(old, _)| endpoints_of(old)) {
+            let elements = &mut rebuilt[*map as usize];
+            if let Ok(at) = elements.binary_search(element) {
+                elements.remove(at);
+            }
+        }
+        for (map, element) in changes.iter().flat_map(|(_, new)| endpoints_of(new)) {
+            let elements = &mut rebuilt[*map as usize];
+            if let Err(at) = elements.binary_search(element) {
+                elements.insert(at, element.clone());
+            }
+        }
+    } else {
+        // When the map count changes, so do all placements: every map is touched.
+        for (map, element) in fragments.iter().flat_map(|f| &f.endpoints) {
             rebuilt[*map as usize].push(element.clone());
         }
+        rebuilt.iter_mut().for_each(|elements| elements.sort_unstable());
     }
     rebuilt
         .into_iter()
         .enumerate()
-        .filter_map(|(map, mut elements)| {
+        .filter_map(|(map, elements)| {
             let name = endpoint_map_name(map as u32);
             if !touched[map] {
                 return previous.get(&name).cloned();
@@ -767,7 +795,6 @@ fn endpoint_maps(
             if elements.is_empty() {
                 return None;
             }
-            elements.sort_unstable();
             Some(Arc::new(Set {
                 name,
                 key: vec![KeyType::Numgen],

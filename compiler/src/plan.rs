@@ -7,9 +7,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::policy::{
@@ -35,7 +37,8 @@ pub struct FamilyPlan {
     pub service_cidrs: Vec<IpNet>,
     pub masquerade_all: bool,
     pub node_ports_on: NodePortScope,
-    pub ports: Vec<PortPlan>,
+    /// Shared, so that the plan after an edit shares every port the edit left alone.
+    pub ports: Vec<Arc<PortPlan>>,
 }
 
 /// Which destinations count as this node for NodePort traffic.
@@ -177,20 +180,105 @@ pub enum PlanError {
 
 /// Plans the policy for one node.
 pub fn plan(policy: &Policy, node_name: &str) -> Result<NodePlan, PlanError> {
-    let node = policy.node(node_name).ok_or_else(|| {
+    Planning::default().plan(policy, node_name)
+}
+
+/// Planning that remembers what it planned: a service the policy shares with the
+/// last policy planned (the same `Arc`) keeps its port plans, the same `Arc`s,
+/// while the node and the nodes are the same. An edit then plans only the
+/// services it touched. The result is always that of [`plan`].
+#[derive(Debug, Default)]
+pub struct Planning {
+    /// The nodes of the last policy, and the node planned for: a port's plan
+    /// depends on these (endpoint locality, topology) and on its service alone.
+    nodes: Vec<Node>,
+    node: String,
+    /// Per service of the last policy, in its order.
+    services: Vec<Planned>,
+}
+
+#[derive(Debug)]
+struct Planned {
+    /// Held, so that no other service can take its address while it is remembered.
+    service: Arc<Service>,
+    /// Its port plans, per family (in [`Family::ALL`] order).
+    ports: [Vec<Arc<PortPlan>>; 2],
+}
+
+impl Planning {
+    pub fn plan(&mut self, policy: &Policy, node_name: &str) -> Result<NodePlan, PlanError> {
+        let node = find_node(policy, node_name)?;
+        let previous = if self.node == node_name && self.nodes == policy.nodes {
+            std::mem::take(&mut self.services)
+        } else {
+            Vec::new()
+        };
+        // Services usually keep their place; those that moved are found by address.
+        let mut taken: Vec<Option<Planned>> = previous.into_iter().map(Some).collect();
+        let mut by_address: Option<FxHashMap<*const Service, usize>> = None;
+        let services: Vec<Planned> = policy
+            .services
+            .iter()
+            .enumerate()
+            .map(|(at, svc)| {
+                let in_place = taken.get(at).is_some_and(|p| p.as_ref().is_some_and(|p| Arc::ptr_eq(&p.service, svc)));
+                let kept = if in_place {
+                    taken[at].take()
+                } else {
+                    let index = by_address.get_or_insert_with(|| {
+                        taken
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, p)| Some((Arc::as_ptr(&p.as_ref()?.service), i)))
+                            .collect()
+                    });
+                    index.get(&Arc::as_ptr(svc)).and_then(|&i| taken[i].take())
+                };
+                kept.unwrap_or_else(|| Planned {
+                    service: svc.clone(),
+                    ports: Family::ALL.map(|family| plan_service(policy, node, family, svc)),
+                })
+            })
+            .collect();
+        let plan = assemble(policy, node, &services);
+        self.node = node_name.to_owned();
+        self.nodes = policy.nodes.clone();
+        self.services = services;
+        Ok(plan)
+    }
+}
+
+fn find_node<'p>(policy: &'p Policy, node_name: &str) -> Result<&'p Node, PlanError> {
+    policy.node(node_name).ok_or_else(|| {
         let known: Vec<_> = policy.nodes.iter().map(|n| format!("`{}`", n.name)).collect();
         let known = if known.is_empty() { "no nodes".to_string() } else { known.join(", ") };
         PlanError::UnknownNode(node_name.to_string(), known)
-    })?;
-    let families = Family::ALL
-        .into_iter()
-        .filter(|f| policy.services.iter().any(|s| s.cluster_ips.iter().any(|ip| Family::of(*ip) == *f)))
-        .map(|family| plan_family(policy, node, family))
-        .collect();
-    Ok(NodePlan { node: node.clone(), families, health_checks: health_checks(policy, node) })
+    })
 }
 
-fn plan_family(policy: &Policy, node: &Node, family: Family) -> FamilyPlan {
+/// The node plan of the planned `services`.
+fn assemble(policy: &Policy, node: &Node, services: &[Planned]) -> NodePlan {
+    let families = Family::ALL
+        .into_iter()
+        .enumerate()
+        .filter(|(_, f)| policy.services.iter().any(|s| s.cluster_ips.iter().any(|ip| Family::of(*ip) == *f)))
+        .map(|(at, family)| {
+            let ports = services.iter().flat_map(|s| s.ports[at].iter().cloned()).collect();
+            plan_family(policy, node, family, ports)
+        })
+        .collect();
+    NodePlan { node: node.clone(), families, health_checks: health_checks(policy, node) }
+}
+
+/// The plans of a service's ports in one family; none without a cluster IP of it.
+fn plan_service(policy: &Policy, node: &Node, family: Family, svc: &Service) -> Vec<Arc<PortPlan>> {
+    let Some(cluster_ip) = svc.cluster_ips.iter().copied().find(|ip| Family::of(*ip) == family) else {
+        return Vec::new();
+    };
+    svc.ports.iter().map(|port| Arc::new(plan_port(policy, node, family, svc, port, cluster_ip))).collect()
+}
+
+fn plan_family(policy: &Policy, node: &Node, family: Family, ports: Vec<Arc<PortPlan>>) -> FamilyPlan {
     let of_family =
         |nets: &[IpNet]| -> Vec<IpNet> { nets.iter().filter(|n| Family::of_net(n) == family).copied().collect() };
     let cluster = &policy.cluster;
@@ -201,16 +289,6 @@ fn plan_family(policy: &Policy, node: &Node, family: Family) -> FamilyPlan {
             node.all_addresses().filter(|a| Family::of(*a) == family && cidrs.iter().any(|c| c.contains(a))).collect(),
         ),
     };
-    let ports = policy
-        .services
-        .iter()
-        .filter_map(|svc| {
-            let cluster_ip = svc.cluster_ips.iter().copied().find(|ip| Family::of(*ip) == family)?;
-            Some(svc.ports.iter().map(move |p| (svc, p, cluster_ip)))
-        })
-        .flatten()
-        .map(|(svc, port, cluster_ip)| plan_port(policy, node, family, svc, port, cluster_ip))
-        .collect();
     FamilyPlan {
         family,
         cluster_cidrs: of_family(&cluster.cluster_cidrs),

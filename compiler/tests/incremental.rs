@@ -156,15 +156,33 @@ fn endpoints_edits_alone_recheck_only_their_blocks() {
 mod random_edits {
     use proptest::prelude::*;
 
+    use svcnft_compiler::lower::{lower, Lowering};
+    use svcnft_compiler::plan::{plan, Planning};
+
     use super::*;
 
     /// An edit of the synthetic policy: a whole endpoints block rewritten (most
     /// often), a service's cluster IP changed, or an invalid endpoint added.
     #[derive(Debug, Clone)]
     enum Edit {
-        Endpoints { service: usize, endpoints: Vec<(u8, u8, bool)> },
-        ClusterIp { service: usize, last: u8 },
-        Break { service: usize },
+        Endpoints {
+            service: usize,
+            endpoints: Vec<(u8, u8, bool)>,
+        },
+        ClusterIp {
+            service: usize,
+            last: u8,
+        },
+        Break {
+            service: usize,
+        },
+        Zone {
+            node: usize,
+        },
+        /// Internal traffic policy local: what the node gets depends on which node it is.
+        Local {
+            service: usize,
+        },
     }
 
     fn edit_strategy() -> impl Strategy<Value = Edit> {
@@ -173,6 +191,8 @@ mod random_edits {
                 .prop_map(|(service, endpoints)| Edit::Endpoints { service, endpoints }),
             1 => (0..12usize, 1..250u8).prop_map(|(service, last)| Edit::ClusterIp { service, last }),
             1 => (0..12usize).prop_map(|service| Edit::Break { service }),
+            1 => (0..4usize).prop_map(|node| Edit::Zone { node }),
+            1 => (0..12usize).prop_map(|service| Edit::Local { service }),
         ]
     }
 
@@ -196,17 +216,39 @@ mod random_edits {
                 out.replace_range(start..end, &body);
             }
             Edit::ClusterIp { service, last } => {
-                let from = format!("service default/svc-{service} {{\n    cluster-ip 10.96.0.{}\n", service + 1);
-                let to = format!("service default/svc-{service} {{\n    cluster-ip 10.97.0.{last}\n");
-                out = out.replacen(&from, &to, 1);
+                let from = format!("    cluster-ip 10.96.0.{}\n", service + 1);
+                if out.contains(&from) {
+                    out = out.replacen(&from, &format!("    cluster-ip 10.97.{service}.{last}\n"), 1);
+                }
             }
             Edit::Break { service } => {
                 let (start, _) = block(text, *service);
                 let body = start + text[start..].find('\n').expect("the block has lines") + 1;
                 out.insert_str(body, "    endpoint 10.130.0.999 node node-0\n");
             }
+            Edit::Local { service } => {
+                let ip = format!("    cluster-ip 10.96.0.{}\n", service + 1);
+                out = out.replacen(&ip, &format!("{ip}    internal-traffic-policy local\n"), 1);
+            }
+            Edit::Zone { node } => {
+                let from = format!("node node-{node} {{ address");
+                let to = format!("node node-{node} {{ zone z{}; address", out.len() % 3);
+                out = out.replacen(&from, &to, 1);
+            }
         }
         out
+    }
+
+    /// The versions of the synthetic policy after each of `edits`.
+    fn versions(edits: &[Edit]) -> Vec<Vec<SourceFile>> {
+        let shape = Shape { services: 12, endpoints_per_service: 2, nodes: 4, affinity_every: 5 };
+        let mut text = apply(&policy_text(shape, 0), &Edit::Local { service: 3 });
+        let mut versions = vec![files(&[("cluster.svc", &text)])];
+        for edit in edits {
+            text = apply(&text, edit);
+            versions.push(files(&[("cluster.svc", &text)]));
+        }
+        versions
     }
 
     proptest! {
@@ -217,14 +259,25 @@ mod random_edits {
         /// always equals the full one.
         #[test]
         fn equal_the_full_check(edits in prop::collection::vec(edit_strategy(), 1..12)) {
-            let shape = Shape { services: 12, endpoints_per_service: 2, nodes: 4, affinity_every: 5 };
-            let mut text = policy_text(shape, 0);
-            let mut versions = vec![files(&[("cluster.svc", &text)])];
-            for edit in &edits {
-                text = apply(&text, edit);
-                versions.push(files(&[("cluster.svc", &text)]));
+            same_as_check(&versions(&edits));
+        }
+
+        /// The agent's whole compile: the policies of incremental checks, planned
+        /// and lowered by memos kept from edit to edit (for one node, then
+        /// another), equal fresh plans and rulesets.
+        #[test]
+        fn plan_and_lower_as_afresh(edits in prop::collection::vec(edit_strategy(), 1..12), switch in 0..12usize) {
+            let mut incremental = Incremental::default();
+            let mut planning = Planning::default();
+            let mut lowering = Lowering::default();
+            for (step, files) in versions(&edits).iter().enumerate() {
+                let Ok(checked) = incremental.check(files) else { continue };
+                let node = if step < switch { "node-0" } else { "node-1" };
+                let expected = plan(&checked.policy, node).expect("the node exists");
+                let got = planning.plan(&checked.policy, node).expect("the node exists");
+                prop_assert_eq!(&got, &expected, "step {}", step);
+                prop_assert_eq!(lowering.lower(&got), lower(&expected), "step {}", step);
             }
-            same_as_check(&versions);
         }
     }
 }

@@ -29,7 +29,7 @@ fn port(policy: &str, node: &str) -> PortPlan {
     let plan = plan_for(policy, node);
     let family = plan.families.iter().find(|f| f.family == Family::Ipv4).expect("an IPv4 table");
     assert_eq!(family.ports.len(), 1, "one service port expected");
-    family.ports[0].clone()
+    PortPlan::clone(&family.ports[0])
 }
 
 fn addrs(targets: &[svcnft_compiler::plan::Target]) -> Vec<String> {

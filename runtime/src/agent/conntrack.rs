@@ -1,8 +1,9 @@
 //! UDP flows to endpoints that are gone: without help, conntrack keeps sending a
 //! UDP client's packets to the removed endpoint for as long as it keeps talking.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use svcnft_compiler::plan::{PortId, PortPlan, Target};
 use svcnft_compiler::policy::{Family, Protocol};
@@ -34,10 +35,13 @@ pub fn stale_udp_endpoints(old: &NodePlan, new: &NodePlan) -> Vec<StaleEndpoint>
     let used = |port: &PortPlan| -> BTreeSet<Target> {
         port.cluster_endpoints.iter().chain(&port.local_endpoints).copied().collect()
     };
-    // Looked up by id: scanning the new plan for each old port was quadratic.
-    let now: HashMap<(Family, &PortId), &PortPlan> = udp(new).map(|(family, p)| ((family, &p.id), p)).collect();
+    // A port plan both plans share is unchanged; the others are looked up by id:
+    // scanning the new plan for each old port was quadratic.
+    let shared: HashSet<*const PortPlan> = udp(new).map(|(_, p)| Arc::as_ptr(p)).collect();
+    let mut now: Option<HashMap<(Family, &PortId), &PortPlan>> = None;
     let mut stale = Vec::new();
-    for (family, port) in udp(old) {
+    for (family, port) in udp(old).filter(|(_, p)| !shared.contains(&Arc::as_ptr(p))) {
+        let now = now.get_or_insert_with(|| udp(new).map(|(family, p)| ((family, &p.id), &**p)).collect());
         let still: BTreeSet<Target> = now.get(&(family, &port.id)).map_or_else(BTreeSet::new, |p| used(p));
         let addresses = std::iter::once(&port.cluster_ip).chain(&port.external_ips).chain(&port.load_balancer_ips);
         let destinations: Vec<SocketAddr> = addresses.map(|a: &IpAddr| SocketAddr::new(*a, port.id.port)).collect();
@@ -53,7 +57,7 @@ pub fn stale_udp_endpoints(old: &NodePlan, new: &NodePlan) -> Vec<StaleEndpoint>
 }
 
 /// The UDP ports of a plan, with their family.
-fn udp(plan: &NodePlan) -> impl Iterator<Item = (Family, &PortPlan)> {
+fn udp(plan: &NodePlan) -> impl Iterator<Item = (Family, &Arc<PortPlan>)> {
     plan.families
         .iter()
         .flat_map(|f| f.ports.iter().map(move |p| (f.family, p)))

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use svcnft_compiler::check::Incremental;
 use svcnft_compiler::lower::Lowering;
-use svcnft_compiler::plan::HealthCheck;
+use svcnft_compiler::plan::{HealthCheck, Planning};
 use svcnft_compiler::{NodePlan, PlanError, Ruleset, SourceFile};
 
 use super::conntrack::{remove_flows, stale_udp_endpoints};
@@ -46,6 +46,8 @@ pub struct Syncer {
     /// The parses of the last files read: after an edit, only the items whose text
     /// changed are parsed again.
     front: Incremental,
+    /// Planned services kept between syncs: an edit plans only the services it changed.
+    planning: Planning,
     /// Lowered ports kept between syncs: an edit lowers only what it changed.
     lowering: Lowering,
     good: Option<Compiled>,
@@ -68,6 +70,7 @@ impl Syncer {
             node,
             applier,
             front: Incremental::default(),
+            planning: Planning::default(),
             lowering: Lowering::default(),
             good: None,
             in_sync: false,
@@ -148,7 +151,7 @@ impl Syncer {
         if !checked.warnings.is_empty() {
             tracing::warn!("policy warnings\n{}", checked.warnings.render(&files));
         }
-        let plan = svcnft_compiler::plan(&checked.policy, &self.node)?;
+        let plan = self.planning.plan(&checked.policy, &self.node)?;
         let ruleset = Arc::new(self.lowering.lower(&plan));
         Ok(Compiled { sources: files, plan, ruleset })
     }
