@@ -528,7 +528,8 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
     let mut changes: Vec<Change> = Vec::new();
     let mut lowered = Vec::with_capacity(plan.ports.len());
     for (at, port) in plan.ports.iter().enumerate() {
-        let same_port = |kept: &Option<Lowered>| kept.as_ref().is_some_and(|k| k.port.id == port.id);
+        let same_port =
+            |kept: &Option<Lowered>| kept.as_ref().is_some_and(|k| Arc::ptr_eq(&k.port, port) || k.port.id == port.id);
         let kept = if previous.get(at).is_some_and(same_port) {
             previous[at].take()
         } else {
