@@ -33,8 +33,8 @@ use crate::apply::{Applier, ApplyError};
 
 /// How often the generation id is compared with ours.
 const DRIFT_POLL: Duration = Duration::from_millis(250);
-/// Quiet time after a change before syncing: editors write in several steps.
-const DEBOUNCE: Duration = Duration::from_millis(75);
+/// Quiet time after a change that may be part of a write still going on.
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(75);
 /// A stream of changes still gets synced this often.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
@@ -65,8 +65,10 @@ pub enum AgentError {
 /// What wakes the sync loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// A policy file changed.
-    Changed,
+    /// A policy file changed. `settled` when the change is a finished one (the
+    /// file was closed after writing, renamed into place or removed), so that
+    /// nothing more of it is to come; otherwise a writer may still be writing.
+    Changed { settled: bool },
     /// SIGHUP: reread the policy.
     Reload,
     /// SIGTERM or SIGINT.
@@ -139,13 +141,13 @@ fn sync_loop(
     loop {
         match rx.recv_timeout(DRIFT_POLL) {
             Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(event @ (Event::Changed | Event::Reload)) => {
+            Ok(event @ (Event::Changed { .. } | Event::Reload)) => {
                 if event == Event::Reload {
                     tracing::info!("SIGHUP: rereading the policy");
                 }
                 syncer.change_pending();
                 metrics.pending(1);
-                let Some(changes) = debounce(rx) else { return };
+                let Some(changes) = debounce(rx, event) else { return };
                 metrics.pending(changes as i64);
                 let _ = syncer.reload();
                 health.update(syncer.health_checks());
@@ -163,15 +165,20 @@ fn sync_loop(
     }
 }
 
-/// Waits until changes stop arriving; `None` when told to stop meanwhile,
-/// otherwise how many changes arrived (the first included).
-fn debounce(rx: &Receiver<Event>) -> Option<usize> {
+/// After the change `first`, waits until the policy is worth reading: at once
+/// when the last change is settled (a write finished, or SIGHUP) and no other
+/// is queued; after a quiet [`DEBOUNCE`] otherwise, and at most [`MAX_DEBOUNCE`]
+/// while changes keep coming. `None` when told to stop meanwhile, otherwise how
+/// many changes arrived (the first included).
+pub fn debounce(rx: &Receiver<Event>, first: Event) -> Option<usize> {
+    let settled = |event| matches!(event, Event::Changed { settled: true } | Event::Reload);
     let started = Instant::now();
-    let mut changes = 1;
+    let (mut changes, mut last) = (1, first);
     while started.elapsed() < MAX_DEBOUNCE {
-        match rx.recv_timeout(DEBOUNCE) {
+        let quiet = if settled(last) { Duration::ZERO } else { DEBOUNCE };
+        match rx.recv_timeout(quiet) {
             Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return None,
-            Ok(_) => changes += 1,
+            Ok(event) => (changes, last) = (changes + 1, event),
             Err(RecvTimeoutError::Timeout) => break,
         }
     }
@@ -191,4 +198,33 @@ fn forward_signals(events: mpsc::Sender<Event>) -> std::io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debounce_waits_for_a_settled_change() {
+        use std::time::Instant;
+        let (tx, rx) = mpsc::channel();
+        let settled = Event::Changed { settled: true };
+        let started = Instant::now();
+        assert_eq!(debounce(&rx, settled), Some(1));
+        assert!(started.elapsed() < DEBOUNCE, "a settled change is read at once");
+
+        let unsettled = Event::Changed { settled: false };
+        let started = Instant::now();
+        assert_eq!(debounce(&rx, unsettled), Some(1));
+        assert!(started.elapsed() >= DEBOUNCE, "an unsettled one waits for quiet");
+
+        tx.send(unsettled).unwrap();
+        tx.send(settled).unwrap();
+        let started = Instant::now();
+        assert_eq!(debounce(&rx, unsettled), Some(3), "queued changes are taken along");
+        assert!(started.elapsed() < DEBOUNCE, "the last of them settled the write");
+
+        tx.send(Event::Stop).unwrap();
+        assert_eq!(debounce(&rx, unsettled), None);
+    }
 }

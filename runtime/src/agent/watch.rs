@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::Event;
@@ -25,7 +25,7 @@ impl PolicyWatcher {
         let relevant = targets.clone();
         let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| match result {
             Ok(event) if changes(&event.kind) && event.paths.iter().any(|p| relevant.iter().any(|t| t.covers(p))) => {
-                let _ = events.send(Event::Changed);
+                let _ = events.send(Event::Changed { settled: settled(&event.kind) });
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "policy watch error"),
@@ -44,6 +44,16 @@ fn changes(kind: &EventKind) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     }
+}
+
+/// A file closed after writing, renamed into place or removed: a finished change.
+fn settled(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+    )
 }
 
 /// One POLICY argument: a file (watched through its directory) or a directory.
@@ -92,18 +102,42 @@ mod tests {
         std::fs::write(&file, "# 1").unwrap();
         let (tx, rx) = mpsc::channel();
         let _watcher = PolicyWatcher::start(&[file.clone(), dir.join("d")], tx).unwrap();
-        let wait = || rx.recv_timeout(Duration::from_secs(2)).is_ok();
+        // Every event until the first settled one; `None` if none comes.
+        let until_settled = || {
+            let mut seen = Vec::new();
+            while let Ok(event) = rx.recv_timeout(Duration::from_secs(2)) {
+                seen.push(event);
+                if event == (Event::Changed { settled: true }) {
+                    return Some(seen);
+                }
+            }
+            None
+        };
         let drain = || while rx.recv_timeout(Duration::from_millis(100)).is_ok() {};
 
         std::fs::write(dir.join("p.svc.tmp"), "# 2").unwrap();
         std::fs::rename(dir.join("p.svc.tmp"), &file).unwrap();
-        assert!(wait(), "atomic rename over the file");
+        assert!(until_settled().is_some(), "an atomic rename over the file is a settled change");
         drain();
         std::fs::read_to_string(&file).unwrap();
         std::fs::write(dir.join("other.txt"), "x").unwrap();
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "reads and other files are ignored");
+
+        // A write in place: unsettled while the file is open, settled once closed.
+        let mut open = std::fs::OpenOptions::new().write(true).truncate(true).open(&file).unwrap();
+        std::io::Write::write_all(&mut open, b"# 3").unwrap();
+        std::io::Write::flush(&mut open).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(2)),
+            Ok(Event::Changed { settled: false }),
+            "a write in progress"
+        );
+        drop(open);
+        assert!(until_settled().is_some(), "closing the written file settles the change");
+        drain();
+
         std::fs::write(dir.join("d/new.svc"), "# 3").unwrap();
-        assert!(wait(), "a new file in a watched directory");
+        assert!(until_settled().is_some(), "a new file in a watched directory");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
