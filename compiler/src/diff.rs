@@ -170,8 +170,14 @@ fn same_declaration(a: &Set, b: &Set) -> bool {
 /// lists the objects of `old` that `new` lacks. The compiler emits objects in a
 /// stable order, so between two compilations nearly every object is found where
 /// the last match suggests (same place, shifted by what came or went), without
-/// hashing a name; only the rest is looked up in an index built on first need.
-fn pair<'a, T>(old: &'a [T], new: &'a [T], name: impl Fn(&T) -> &str) -> (Vec<Option<&'a T>>, Vec<&'a T>) {
+/// hashing a name (or, for an object both share, reading it); only the rest is
+/// looked up in an index built on first need.
+#[allow(clippy::type_complexity)]
+fn pair<'a, T>(
+    old: &'a [Arc<T>],
+    new: &'a [Arc<T>],
+    name: impl Fn(&T) -> &str,
+) -> (Vec<Option<&'a Arc<T>>>, Vec<&'a Arc<T>>) {
     let mut index: Option<HashMap<&str, usize>> = None;
     let mut matched = vec![false; old.len()];
     let mut shift: isize = 0;
@@ -179,11 +185,12 @@ fn pair<'a, T>(old: &'a [T], new: &'a [T], name: impl Fn(&T) -> &str) -> (Vec<Op
         .iter()
         .enumerate()
         .map(|(position, item)| {
-            let wanted = name(item);
-            let guess = position.checked_add_signed(shift).filter(|&g| old.get(g).is_some_and(|o| name(o) == wanted));
+            let guess = position
+                .checked_add_signed(shift)
+                .filter(|&g| old.get(g).is_some_and(|o| Arc::ptr_eq(o, item) || name(o) == name(item)));
             let found = guess.or_else(|| {
                 let index = index.get_or_insert_with(|| old.iter().enumerate().map(|(i, o)| (name(o), i)).collect());
-                index.get(wanted).copied()
+                index.get(name(item)).copied()
             });
             found.map(|at| {
                 shift = at as isize - position as isize;

@@ -203,6 +203,31 @@ struct Planned {
     service: Arc<Service>,
     /// Its port plans, per family (in [`Family::ALL`] order).
     ports: [Vec<Arc<PortPlan>>; 2],
+    /// Whether it has a cluster IP of each family.
+    families: [bool; 2],
+    /// Its health-check node port, and its ready endpoints on the node.
+    health_check: Option<(NonZeroU16, usize)>,
+}
+
+impl Planned {
+    fn new(policy: &Policy, node: &Node, svc: &Arc<Service>) -> Self {
+        let health_check = svc.health_check_node_port.map(|port| {
+            let local = svc
+                .endpoints
+                .iter()
+                .flat_map(|e| &e.endpoints)
+                .filter(|e| e.conditions.ready && e.node.as_deref() == Some(node.name.as_str()))
+                .map(|e| e.address)
+                .collect::<BTreeSet<_>>();
+            (port, local.len())
+        });
+        Planned {
+            service: svc.clone(),
+            ports: Family::ALL.map(|family| plan_service(policy, node, family, svc)),
+            families: Family::ALL.map(|family| svc.cluster_ips.iter().any(|ip| Family::of(*ip) == family)),
+            health_check,
+        }
+    }
 }
 
 impl Planning {
@@ -234,10 +259,7 @@ impl Planning {
                     });
                     index.get(&Arc::as_ptr(svc)).and_then(|&i| taken[i].take())
                 };
-                kept.unwrap_or_else(|| Planned {
-                    service: svc.clone(),
-                    ports: Family::ALL.map(|family| plan_service(policy, node, family, svc)),
-                })
+                kept.unwrap_or_else(|| Planned::new(policy, node, svc))
             })
             .collect();
         let plan = assemble(policy, node, &services);
@@ -261,13 +283,13 @@ fn assemble(policy: &Policy, node: &Node, services: &[Planned]) -> NodePlan {
     let families = Family::ALL
         .into_iter()
         .enumerate()
-        .filter(|(_, f)| policy.services.iter().any(|s| s.cluster_ips.iter().any(|ip| Family::of(*ip) == *f)))
+        .filter(|(at, _)| services.iter().any(|s| s.families[*at]))
         .map(|(at, family)| {
             let ports = services.iter().flat_map(|s| s.ports[at].iter().cloned()).collect();
             plan_family(policy, node, family, ports)
         })
         .collect();
-    NodePlan { node: node.clone(), families, health_checks: health_checks(policy, node) }
+    NodePlan { node: node.clone(), families, health_checks: health_checks(policy, node, services) }
 }
 
 /// The plans of a service's ports in one family; none without a cluster IP of it.
@@ -501,7 +523,7 @@ fn topology_mode(hints: &Hints, endpoints: &[&Endpoint], node: &Node) -> Option<
     (all_zone_hints && for_zone).then_some(TrafficDistribution::PreferSameZone)
 }
 
-fn health_checks(policy: &Policy, node: &Node) -> Vec<HealthCheck> {
+fn health_checks(policy: &Policy, node: &Node, services: &[Planned]) -> Vec<HealthCheck> {
     let addresses = match &policy.cluster.node_port_addresses {
         NodePortAddresses::All => Vec::new(),
         NodePortAddresses::Primary => Family::ALL.iter().filter_map(|f| node.primary(*f)).collect(),
@@ -509,20 +531,12 @@ fn health_checks(policy: &Policy, node: &Node) -> Vec<HealthCheck> {
             node.all_addresses().filter(|a| cidrs.iter().any(|c| c.contains(a))).collect()
         }
     };
-    policy
-        .services
+    services
         .iter()
-        .filter_map(|svc| {
-            let port = svc.health_check_node_port?;
-            let local_endpoints = svc
-                .endpoints
-                .iter()
-                .flat_map(|e| &e.endpoints)
-                .filter(|e| e.conditions.ready && e.node.as_deref() == Some(node.name.as_str()))
-                .map(|e| e.address)
-                .collect::<BTreeSet<_>>()
-                .len();
-            Some(HealthCheck { service: svc.name.clone(), port, local_endpoints, addresses: addresses.clone() })
+        .filter_map(|planned| {
+            let (port, local_endpoints) = planned.health_check?;
+            let service = planned.service.name.clone();
+            Some(HealthCheck { service, port, local_endpoints, addresses: addresses.clone() })
         })
         .collect()
 }

@@ -371,3 +371,39 @@ fn unknown_node_is_an_error_naming_the_known_ones() {
     let err = plan(&checked.policy, "node-9").unwrap_err().to_string();
     assert!(err.contains("node-9") && err.contains("node-1"), "{err}");
 }
+
+/// The agent plans every edit with one `Planning`, which keeps the plans of the
+/// services an edit left alone: its plans equal fresh ones, health checks
+/// included, across endpoint edits, a node change and a switch of node.
+#[test]
+fn remembered_plans_equal_fresh_ones() {
+    use svcnft_compiler::check::Incremental;
+    use svcnft_compiler::plan::Planning;
+
+    let lab = include_str!("../../examples/source-ip-lab.svc");
+    let lb = "endpoints default/loadbalancer { endpoint 10.244.1.5 node node-1 }";
+    let versions = [
+        lab.to_owned(),
+        lab.replace(lb, "endpoints default/loadbalancer { endpoint 10.244.2.5 node node-2 }"),
+        lab.replace(
+            lb,
+            "endpoints default/loadbalancer { endpoint 10.244.1.5 node node-1; endpoint 10.244.1.6 node node-1 }",
+        ),
+        lab.replace(lb, "endpoints default/loadbalancer { endpoint 10.244.1.5 node node-1 terminating }"),
+        lab.replace("node node-2 {", "node node-2 { zone z;"),
+        lab.to_owned(),
+    ];
+    let (mut incremental, mut planning) = (Incremental::default(), Planning::default());
+    let mut health_checks = Vec::new();
+    for (step, text) in versions.iter().enumerate() {
+        assert!(text != lab || step == 0 || step == versions.len() - 1, "step {step} edits the lab");
+        let files = [SourceFile { name: "lab.svc".into(), text: text.clone() }];
+        let policy = incremental.check(&files).expect("valid").policy;
+        for node in ["node-1", "node-1", "node-2"] {
+            let fresh = plan(&policy, node).expect("the node exists");
+            assert_eq!(planning.plan(&policy, node).expect("the node exists"), fresh, "step {step}, {node}");
+            health_checks.push(fresh.health_checks.iter().map(|h| h.local_endpoints).collect::<Vec<_>>());
+        }
+    }
+    assert!(health_checks.iter().any(|h| h.contains(&2)) && health_checks.iter().any(|h| h.contains(&0)));
+}
