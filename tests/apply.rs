@@ -405,6 +405,26 @@ fn one_endpoint_change_is_a_handful_of_messages() {
     assert_eq!(canonical(applier.committed()), canonical(&after));
 }
 
+#[test]
+fn prefixes_of_any_length_list_as_nft_loads_them() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let policy = check(
+        "cluster {\n    cluster-cidr 10.128.0.0/9 fd00:244::/49\n    service-cidr 10.96.0.0/12 fd00:96::/108\n}\n\
+         node node-1 { address 10.240.0.3 fd00:240::3; pod-cidr 10.128.1.0/24 fd00:244:1::/64 }\n\
+         service default/web {\n    cluster-ip 10.96.0.10 fd00:96::10\n    port 80/tcp target 8080\n}\n\
+         endpoints default/web {\n    endpoint 10.128.1.5 node node-1\n    endpoint fd00:244:1::5 node node-1\n}\n",
+    );
+    let desired = compile(&policy, "node-1");
+    let ns = ns();
+    let mut applier = open(&ns);
+    applier.apply(desired.clone()).unwrap();
+    assert_eq!(listing(&ns), oracle(&desired));
+    applier.reread().unwrap();
+    assert_eq!(canonical(applier.committed()), canonical(&desired), "read-back");
+}
+
 /// Random policies over one small cluster, for the property test.
 mod generated {
     use std::fmt::Write;

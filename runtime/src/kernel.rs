@@ -118,17 +118,20 @@ fn encode_match(family: Family, m: &Match, out: &mut Vec<Expr>) {
             let full = field_len(family, *field);
             match value {
                 Value::Net(net) if u32::from(net.prefix_len()) < full * 8 => {
-                    // As nft: load only the bytes the prefix covers, masking a partial last byte.
+                    // As nft: a prefix of whole bytes loads only those bytes; any
+                    // other loads the whole address and masks it.
                     let prefix = u32::from(net.prefix_len());
-                    let bytes = prefix.div_ceil(8);
-                    out.push(load(family, *field, bytes, r));
                     let network = addr_bytes(net.network());
-                    if prefix % 8 != 0 {
-                        let mask: Vec<u8> = addr_bytes(net.netmask())[..bytes as usize].to_vec();
-                        let xor = vec![0; bytes as usize];
-                        out.push(Expr::Bitwise { sreg: r, dreg: r, mask, xor });
+                    if prefix % 8 == 0 {
+                        let bytes = prefix / 8;
+                        out.push(load(family, *field, bytes, r));
+                        out.push(Expr::Cmp { sreg: r, op, data: network[..bytes as usize].to_vec() });
+                    } else {
+                        out.push(load(family, *field, full, r));
+                        let xor = vec![0; full as usize];
+                        out.push(Expr::Bitwise { sreg: r, dreg: r, mask: addr_bytes(net.netmask()), xor });
+                        out.push(Expr::Cmp { sreg: r, op, data: network });
                     }
-                    out.push(Expr::Cmp { sreg: r, op, data: network[..bytes as usize].to_vec() });
                 }
                 _ => {
                     out.push(load(family, *field, full, r));
