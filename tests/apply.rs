@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use svcnft_compiler::lower::HAIRPIN_SET_ADDRESSES;
 use svcnft_compiler::render::render;
 use svcnft_compiler::ruleset::{Rule, Ruleset, Statement, Verdict};
 use svcnft_compiler::synthetic::{policy_text, Shape};
@@ -423,6 +424,29 @@ fn prefixes_of_any_length_list_as_nft_loads_them() {
     assert_eq!(listing(&ns), oracle(&desired));
     applier.reread().unwrap();
     assert_eq!(canonical(applier.committed()), canonical(&desired), "read-back");
+}
+
+#[test]
+fn partitioned_hairpin_sets_list_as_nft_loads_them_and_read_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let services = HAIRPIN_SET_ADDRESSES / 10 + 10;
+    let shape = |services| Shape { services, endpoints_per_service: 10, nodes: 50, affinity_every: 0 };
+    let [many, few] = [services, services - 20].map(|s| compile(&check(&policy_text(shape(s), 0)), "node-0"));
+    assert!(many.tables[0].set("hairpin-1").is_some() && few.tables[0].set("hairpin").is_some());
+    let ns = ns();
+    let mut applier = open(&ns);
+    // Into several sets, back into one, and into several again.
+    for desired in [&many, &few, &many] {
+        applier.apply(desired.clone()).unwrap();
+        let (listed, loaded) = (listing(&ns), oracle(desired));
+        let first = listed.lines().zip(loaded.lines()).find(|(a, b)| a != b);
+        assert!(listed == loaded, "the kernel lists something else, first: {first:?}");
+        applier.reread().unwrap();
+        assert_eq!(canonical(applier.committed()), canonical(desired), "read-back");
+        assert_eq!(applier.apply(desired.clone()).unwrap().operations, 0, "re-apply after reading back");
+    }
 }
 
 /// Random policies over one small cluster, for the property test.
