@@ -40,6 +40,7 @@ pub mod names {
     pub const REJECT_CHAIN: &str = "reject-chain";
 
     pub const CLUSTER_IPS: &str = "cluster-ips";
+    pub const CLUSTER_IP_PORTS: &str = "cluster-ip-ports";
     pub const NODEPORT_IPS: &str = "nodeport-ips";
     pub const SERVICE_IPS: &str = "service-ips";
     pub const SERVICE_NODEPORTS: &str = "service-nodeports";
@@ -271,6 +272,7 @@ fn endpoint_map_name(map: u32) -> String {
 #[derive(Default)]
 struct Fragment {
     cluster_ips: Vec<Element>,
+    cluster_ip_ports: Vec<Element>,
     service_ips: Vec<Element>,
     service_nodeports: Vec<Element>,
     firewall_ips: Vec<Element>,
@@ -384,31 +386,18 @@ impl PortLowering<'_> {
         }
     }
 
-    /// Masquerade rules for traffic to the cluster IP; load balancing over the set.
+    /// Load balancing over the set; the cluster IP's port goes in
+    /// `cluster-ip-ports` when this is the chain its traffic reaches (see
+    /// [`cluster_ip_masquerade`]).
     fn policy_chain(&mut self, port: &PortPlan, set: EndpointSet, name: &str, comment: &str) {
         let id = &port.id;
         let mut rules = Vec::new();
-        if port.internal == Route::To(set) {
-            let mut matches = vec![
-                Match::Cmp { field: Field::Daddr, negate: false, value: Value::Addr(port.cluster_ip) },
-                Match::Cmp { field: Field::L4Proto, negate: false, value: Value::Proto(id.protocol) },
-                Match::Cmp { field: Field::Dport, negate: false, value: Value::Port(id.port) },
-            ];
-            let masquerade = if self.plan.masquerade_all {
-                true
-            } else if !self.plan.cluster_cidrs.is_empty() {
-                matches.extend(self.plan.cluster_cidrs.iter().map(|cidr| Match::Cmp {
-                    field: Field::Saddr,
-                    negate: true,
-                    value: Value::Net(*cidr),
-                }));
-                true
-            } else {
-                false
-            };
-            if masquerade {
-                rules.push(Rule::new(matches, vec![jump(MARK_FOR_MASQUERADE)]).with_comment(comment));
-            }
+        if port.internal == Route::To(set) && masquerades_cluster_ips(self.plan) {
+            self.out.cluster_ip_ports.push(Element::key(&[
+                Value::Addr(port.cluster_ip),
+                Value::Proto(id.protocol),
+                Value::Port(id.port),
+            ]));
         }
 
         let targets = port.endpoints(set);
@@ -598,11 +587,15 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
         }),
         set(SERVICE_NODEPORTS, port_key.clone(), true, "node ports with endpoints", |f| &f.service_nodeports),
         set(FIREWALL_IPS, target_key.clone(), true, "load-balancer IPs with source ranges", |f| &f.firewall_ips),
-        set(NO_ENDPOINT_SERVICES, target_key, true, "service IPs without usable endpoints", |f| {
+        set(NO_ENDPOINT_SERVICES, target_key.clone(), true, "service IPs without usable endpoints", |f| {
             &f.no_endpoint_services
         }),
         set(NO_ENDPOINT_NODEPORTS, port_key, true, "node ports without usable endpoints", |f| &f.no_endpoint_nodeports),
     ];
+    if masquerades_cluster_ips(plan) {
+        let comment = "cluster IP ports with endpoints, for the masquerade rule";
+        sets.push(set(CLUSTER_IP_PORTS, target_key.clone(), false, comment, |f| &f.cluster_ip_ports));
+    }
     let hairpin = set(HAIRPIN, vec![addr, addr], false, "endpoint . endpoint: a pod reaching itself", |f| &f.hairpin);
     let partitions = hairpin_partitions(hairpin.elements.len());
     sets.extend(hairpin_sets(&hairpin, partitions, changes, previous, last.hairpin_partitions));
@@ -875,6 +868,54 @@ fn endpoint_maps(
         .collect()
 }
 
+/// Whether traffic to cluster IPs is masqueraded at all: with `masquerade-all`,
+/// or from outside a cluster CIDR when there is one.
+fn masquerades_cluster_ips(plan: &FamilyPlan) -> bool {
+    plan.masquerade_all || !plan.cluster_cidrs.is_empty()
+}
+
+/// The rule of the `services` chain that marks traffic to a cluster IP for
+/// masquerade, `ip saddr != CIDR ip daddr . meta l4proto . th dport
+/// @cluster-ip-ports jump mark-for-masquerade` (no source test with
+/// `masquerade-all`), if the family masquerades such traffic.
+///
+/// It stands for the rule kube-proxy puts first in each service port's chain,
+/// `ip daddr VIP meta l4proto P th dport PORT ip saddr != CIDR jump
+/// mark-for-masquerade`, and marks exactly the same packets: that rule was the
+/// first of the chain the port's `service-ips` element sends traffic to, and
+/// only that traffic matches it (the chain is also reached from the external
+/// chain, but then addressed to another address or port). `cluster-ip-ports`
+/// holds the keys of those elements, the ports whose internal route reaches
+/// endpoints, so the packets it marks are those the per-chain rule marked, one
+/// rule earlier in the same `services` chain, with nothing in between that
+/// reads the mark. The plain `cluster-ips` set would not do: an address may be
+/// one service's cluster IP and another's external or load-balancer IP, whose
+/// clients `external-traffic-policy local` must not masquerade.
+fn cluster_ip_masquerade(plan: &FamilyPlan) -> Option<Rule> {
+    if !masquerades_cluster_ips(plan) {
+        return None;
+    }
+    let mut matches: Vec<Match> = Vec::new();
+    if !plan.masquerade_all {
+        matches.extend(plan.cluster_cidrs.iter().map(|cidr| Match::Cmp {
+            field: Field::Saddr,
+            negate: true,
+            value: Value::Net(*cidr),
+        }));
+    }
+    matches.push(Match::InSet {
+        key: vec![Field::Daddr, Field::L4Proto, Field::Dport],
+        set: CLUSTER_IP_PORTS.into(),
+        negate: false,
+    });
+    let comment = if plan.masquerade_all {
+        "masquerade-all: masquerade traffic to cluster IPs"
+    } else {
+        "masquerade traffic to cluster IPs from outside the cluster"
+    };
+    Some(Rule::new(matches, vec![jump(MARK_FOR_MASQUERADE)]).with_comment(comment))
+}
+
 /// The hooks, dispatch and helper chains every table has.
 fn base_chains(plan: &FamilyPlan, hairpin_partitions: usize) -> Vec<Chain> {
     let base = |name: &str, kind, hook, priority, rules| Chain {
@@ -966,10 +1007,13 @@ fn base_chains(plan: &FamilyPlan, hairpin_partitions: usize) -> Vec<Chain> {
         ),
         plain(
             SERVICES,
-            vec![
-                Rule::new(vec![], vec![vmap(&target_key, SERVICE_IPS)]),
-                Rule::new(node_port_matches.clone(), vec![vmap(&port_key, SERVICE_NODEPORTS)]),
-            ],
+            cluster_ip_masquerade(plan)
+                .into_iter()
+                .chain([
+                    Rule::new(vec![], vec![vmap(&target_key, SERVICE_IPS)]),
+                    Rule::new(node_port_matches.clone(), vec![vmap(&port_key, SERVICE_NODEPORTS)]),
+                ])
+                .collect(),
         ),
         plain(FIREWALL_CHECK, vec![Rule::new(vec![], vec![vmap(&target_key, FIREWALL_IPS)])]),
         plain(SERVICE_ENDPOINTS_CHECK, vec![Rule::new(vec![], vec![vmap(&target_key, NO_ENDPOINT_SERVICES)])]),
