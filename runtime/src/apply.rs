@@ -95,7 +95,7 @@ impl Applier {
         for family in Family::ALL {
             if let Some(state) = self.conn.read_table_config(nl_family(family), TABLE_NAME)? {
                 committed.generation = committed.generation.max(state.generation);
-                let decoded = kernel::decode_table(family, &state);
+                let decoded = kernel::decode_table(family, state);
                 committed.handles.extend(decoded.handles.into_iter().map(|(chain, h)| ((family, chain), h)));
                 ruleset.tables.push(decoded.table);
             }

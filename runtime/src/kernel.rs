@@ -321,13 +321,57 @@ pub struct DecodedTable {
 /// Reads a dumped table back into the model. A rule this module did not write
 /// decodes to an empty rule carrying its reason as a comment: it never equals a
 /// desired rule, so the diff replaces it.
-pub fn decode_table(family: Family, state: &nl::TableState) -> DecodedTable {
-    let sets = state.sets.iter().map(|(set, elements)| Arc::new(decode_set(family, set, elements))).collect();
-    // The rules come chain by chain, in the order of the chains.
-    let mut rest = state.rules.as_slice();
+///
+/// A large table (hundreds of thousands of elements) is decoded, and its
+/// kernel form freed, on two threads: the chains and the later sets on a
+/// helper, the earlier sets here, about half the work each.
+pub fn decode_table(family: Family, state: nl::TableState) -> DecodedTable {
+    let nl::TableState { chains, mut sets, rules, .. } = state;
+    let elements: usize = sets.iter().map(|(_, e)| e.len()).sum();
+    // A rule takes about as long to decode as this many elements.
+    const RULE_WORK: usize = 8;
+    let half = (elements + RULE_WORK * rules.len()) / 2;
+    let mut counted = 0;
+    let split = sets
+        .iter()
+        .position(|(_, e)| {
+            counted += e.len();
+            counted >= half
+        })
+        .map_or(sets.len(), |i| i + 1);
+    let later = sets.split_off(split);
+    let decode = |sets: Vec<(nl::Set, Vec<nl::Element>)>| -> Vec<Arc<Set>> {
+        sets.into_iter().map(|(set, elements)| Arc::new(decode_set(family, &set, &elements))).collect()
+    };
+    let rest = move || {
+        let decoded = decode_chains(family, &chains, &rules);
+        (decoded, decode(later))
+    };
+    let (mut decoded_sets, ((chains, handles), later)) = if elements >= PARALLEL_ELEMENTS {
+        std::thread::scope(|s| {
+            let helper = s.spawn(rest);
+            (decode(sets), helper.join().expect("a decoding thread panicked"))
+        })
+    } else {
+        (decode(sets), rest())
+    };
+    decoded_sets.extend(later);
+    DecodedTable { table: Table { family, name: TABLE_NAME.into(), sets: decoded_sets, chains }, handles }
+}
+
+/// From this many elements, a table is decoded on two threads.
+const PARALLEL_ELEMENTS: usize = 20_000;
+
+/// The chains, with their rules and their rules' handles. The rules come chain
+/// by chain, in the order of the chains.
+fn decode_chains(
+    family: Family,
+    chains: &[nl::Chain],
+    rules: &[nl::Rule],
+) -> (Vec<Arc<Chain>>, BTreeMap<String, Vec<u64>>) {
+    let mut rest = rules;
     let mut handles = BTreeMap::new();
-    let chains = state
-        .chains
+    let chains = chains
         .iter()
         .map(|c| {
             let (of_chain, after) = rest.split_at(rest.iter().take_while(|r| r.chain == c.name).count());
@@ -340,7 +384,7 @@ pub fn decode_table(family: Family, state: &nl::TableState) -> DecodedTable {
             })
         })
         .collect();
-    DecodedTable { table: Table { family, name: TABLE_NAME.into(), sets, chains }, handles }
+    (chains, handles)
 }
 
 fn decode_hook(b: &nl::BaseChain) -> BaseHook {
