@@ -318,49 +318,20 @@ pub struct DecodedTable {
     pub handles: BTreeMap<String, Vec<u64>>,
 }
 
-/// Reads a dumped table back into the model. A rule this module did not write
-/// decodes to an empty rule carrying its reason as a comment: it never equals a
-/// desired rule, so the diff replaces it.
-///
-/// A large table (hundreds of thousands of elements) is decoded, and its
-/// kernel form freed, on two threads: the chains and the later sets on a
-/// helper, the earlier sets here, about half the work each.
-pub fn decode_table(family: Family, state: nl::TableState) -> DecodedTable {
-    let nl::TableState { chains, mut sets, rules, .. } = state;
-    let elements: usize = sets.iter().map(|(_, e)| e.len()).sum();
-    // A rule takes about as long to decode as this many elements.
-    const RULE_WORK: usize = 8;
-    let half = (elements + RULE_WORK * rules.len()) / 2;
-    let mut counted = 0;
-    let split = sets
-        .iter()
-        .position(|(_, e)| {
-            counted += e.len();
-            counted >= half
-        })
-        .map_or(sets.len(), |i| i + 1);
-    let later = sets.split_off(split);
-    let decode = |sets: Vec<(nl::Set, Vec<nl::Element>)>| -> Vec<Arc<Set>> {
-        sets.into_iter().map(|(set, elements)| Arc::new(decode_set(family, &set, &elements))).collect()
-    };
-    let rest = move || {
-        let decoded = decode_chains(family, &chains, &rules);
-        (decoded, decode(later))
-    };
-    let (mut decoded_sets, ((chains, handles), later)) = if elements >= PARALLEL_ELEMENTS {
-        std::thread::scope(|s| {
-            let helper = s.spawn(rest);
-            (decode(sets), helper.join().expect("a decoding thread panicked"))
-        })
-    } else {
-        (decode(sets), rest())
-    };
-    decoded_sets.extend(later);
-    DecodedTable { table: Table { family, name: TABLE_NAME.into(), sets: decoded_sets, chains }, handles }
+/// Reads a dumped table back into the model, its sets already decoded by
+/// [`decode_set_elements`] as they were read (`Conn::read_table_config_with`).
+/// A rule this module did not write decodes to an empty rule carrying its
+/// reason as a comment: it never equals a desired rule, so the diff replaces it.
+pub fn decode_table(family: Family, state: nl::TableState<Arc<Set>>) -> DecodedTable {
+    let (chains, handles) = decode_chains(family, &state.chains, &state.rules);
+    let sets = state.sets.into_iter().map(|(_, set)| set).collect();
+    DecodedTable { table: Table { family, name: TABLE_NAME.into(), sets, chains }, handles }
 }
 
-/// From this many elements, a table is decoded on two threads.
-const PARALLEL_ELEMENTS: usize = 20_000;
+/// A set of our table and its elements, as the model has them.
+pub fn decode_set_elements(family: Family, set: &nl::Set, elements: Vec<nl::Element>) -> Arc<Set> {
+    Arc::new(decode_set(family, set, &elements))
+}
 
 /// The chains, with their rules and their rules' handles. The rules come chain
 /// by chain, in the order of the chains.
@@ -440,7 +411,7 @@ fn decode_set(family: Family, set: &nl::Set, elements: &[nl::Element]) -> Set {
 fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<Element> {
     let concatenated = key.len() > 1;
     let mut bytes = e.key.as_slice();
-    let mut values = Vec::with_capacity(key.len());
+    let mut values = svcnft_compiler::ruleset::Key::new();
     for k in key {
         let len = match k {
             KeyType::Ipv4Addr => 4,
@@ -469,7 +440,7 @@ fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<El
         }
         None => None,
     };
-    Some(Element { key: values.into_iter().collect(), data })
+    Some(Element { key: values, data })
 }
 
 fn protocol(n: u8) -> Option<Protocol> {
