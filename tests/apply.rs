@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use svcnft_compiler::lower::HAIRPIN_SET_ADDRESSES;
 use svcnft_compiler::render::render;
 use svcnft_compiler::ruleset::{Rule, Ruleset, Statement, Verdict};
 use svcnft_compiler::synthetic::{policy_text, Shape};
@@ -403,6 +404,49 @@ fn one_endpoint_change_is_a_handful_of_messages() {
     assert!(report.operations > 0 && report.messages <= 10, "{report:?}");
     applier.reread().unwrap();
     assert_eq!(canonical(applier.committed()), canonical(&after));
+}
+
+#[test]
+fn prefixes_of_any_length_list_as_nft_loads_them() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let policy = check(
+        "cluster {\n    cluster-cidr 10.128.0.0/9 fd00:244::/49\n    service-cidr 10.96.0.0/12 fd00:96::/108\n}\n\
+         node node-1 { address 10.240.0.3 fd00:240::3; pod-cidr 10.128.1.0/24 fd00:244:1::/64 }\n\
+         service default/web {\n    cluster-ip 10.96.0.10 fd00:96::10\n    port 80/tcp target 8080\n}\n\
+         endpoints default/web {\n    endpoint 10.128.1.5 node node-1\n    endpoint fd00:244:1::5 node node-1\n}\n",
+    );
+    let desired = compile(&policy, "node-1");
+    let ns = ns();
+    let mut applier = open(&ns);
+    applier.apply(desired.clone()).unwrap();
+    assert_eq!(listing(&ns), oracle(&desired));
+    applier.reread().unwrap();
+    assert_eq!(canonical(applier.committed()), canonical(&desired), "read-back");
+}
+
+#[test]
+fn partitioned_hairpin_sets_list_as_nft_loads_them_and_read_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let services = HAIRPIN_SET_ADDRESSES / 10 + 10;
+    let shape = |services| Shape { services, endpoints_per_service: 10, nodes: 50, affinity_every: 0 };
+    let [many, few] = [services, services - 20].map(|s| compile(&check(&policy_text(shape(s), 0)), "node-0"));
+    assert!(many.tables[0].set("hairpin-1").is_some() && few.tables[0].set("hairpin").is_some());
+    let ns = ns();
+    let mut applier = open(&ns);
+    // Into several sets, back into one, and into several again.
+    for desired in [&many, &few, &many] {
+        applier.apply(desired.clone()).unwrap();
+        let (listed, loaded) = (listing(&ns), oracle(desired));
+        let first = listed.lines().zip(loaded.lines()).find(|(a, b)| a != b);
+        assert!(listed == loaded, "the kernel lists something else, first: {first:?}");
+        applier.reread().unwrap();
+        assert_eq!(canonical(applier.committed()), canonical(desired), "read-back");
+        assert_eq!(applier.apply(desired.clone()).unwrap().operations, 0, "re-apply after reading back");
+    }
 }
 
 /// Random policies over one small cluster, for the property test.

@@ -8,7 +8,8 @@
 //! per-endpoint chains — a service chain load-balances with one rule that draws an
 //! endpoint from a shared endpoint map (or, with session affinity, with plain
 //! `numgen` rules that DNAT directly), and hairpin traffic is recognised once, in
-//! postrouting, through one `address . address` set.
+//! postrouting, through one `address . address` set (a few, partitioned by
+//! address, on nodes with many endpoint addresses).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -39,12 +40,14 @@ pub mod names {
     pub const REJECT_CHAIN: &str = "reject-chain";
 
     pub const CLUSTER_IPS: &str = "cluster-ips";
+    pub const CLUSTER_IP_PORTS: &str = "cluster-ip-ports";
     pub const NODEPORT_IPS: &str = "nodeport-ips";
     pub const SERVICE_IPS: &str = "service-ips";
     pub const SERVICE_NODEPORTS: &str = "service-nodeports";
     pub const FIREWALL_IPS: &str = "firewall-ips";
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    /// With many endpoint addresses, `hairpin-0`, `hairpin-1`, ... instead.
     pub const HAIRPIN: &str = "hairpin";
     /// Endpoint maps are `endpoints-0`, `endpoints-1`, ...
     pub const ENDPOINTS: &str = "endpoints";
@@ -91,6 +94,8 @@ struct Assembly {
     /// How many ports contribute each element of each shared set, by set name;
     /// counted when a set is first patched.
     tallies: HashMap<&'static str, Option<Tally>>,
+    /// How many sets the hairpin elements were spread over.
+    hairpin_partitions: usize,
     /// Sorted by name, as in the table.
     affinity_sets: Vec<Arc<Set>>,
     service_chains: Vec<Arc<Chain>>,
@@ -269,6 +274,7 @@ fn endpoint_map_name(map: u32) -> String {
 #[derive(Default)]
 struct Fragment {
     cluster_ips: Vec<Element>,
+    cluster_ip_ports: Vec<Element>,
     service_ips: Vec<Element>,
     service_nodeports: Vec<Element>,
     firewall_ips: Vec<Element>,
@@ -382,31 +388,18 @@ impl PortLowering<'_> {
         }
     }
 
-    /// Masquerade rules for traffic to the cluster IP; load balancing over the set.
+    /// Load balancing over the set; the cluster IP's port goes in
+    /// `cluster-ip-ports` when this is the chain its traffic reaches (see
+    /// [`cluster_ip_masquerade`]).
     fn policy_chain(&mut self, port: &PortPlan, set: EndpointSet, name: &str, comment: &str) {
         let id = &port.id;
         let mut rules = Vec::new();
-        if port.internal == Route::To(set) {
-            let mut matches = vec![
-                Match::Cmp { field: Field::Daddr, negate: false, value: Value::Addr(port.cluster_ip) },
-                Match::Cmp { field: Field::L4Proto, negate: false, value: Value::Proto(id.protocol) },
-                Match::Cmp { field: Field::Dport, negate: false, value: Value::Port(id.port) },
-            ];
-            let masquerade = if self.plan.masquerade_all {
-                true
-            } else if !self.plan.cluster_cidrs.is_empty() {
-                matches.extend(self.plan.cluster_cidrs.iter().map(|cidr| Match::Cmp {
-                    field: Field::Saddr,
-                    negate: true,
-                    value: Value::Net(*cidr),
-                }));
-                true
-            } else {
-                false
-            };
-            if masquerade {
-                rules.push(Rule::new(matches, vec![jump(MARK_FOR_MASQUERADE)]).with_comment(comment));
-            }
+        if port.internal == Route::To(set) && masquerades_cluster_ips(self.plan) {
+            self.out.cluster_ip_ports.push(Element::key(&[
+                Value::Addr(port.cluster_ip),
+                Value::Proto(id.protocol),
+                Value::Port(id.port),
+            ]));
         }
 
         let targets = port.endpoints(set);
@@ -599,12 +592,18 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
         }),
         set(SERVICE_NODEPORTS, port_key.clone(), true, "node ports with endpoints", |f| &f.service_nodeports),
         set(FIREWALL_IPS, target_key.clone(), true, "load-balancer IPs with source ranges", |f| &f.firewall_ips),
-        set(NO_ENDPOINT_SERVICES, target_key, true, "service IPs without usable endpoints", |f| {
+        set(NO_ENDPOINT_SERVICES, target_key.clone(), true, "service IPs without usable endpoints", |f| {
             &f.no_endpoint_services
         }),
         set(NO_ENDPOINT_NODEPORTS, port_key, true, "node ports without usable endpoints", |f| &f.no_endpoint_nodeports),
-        set(HAIRPIN, vec![addr, addr], false, "endpoint . endpoint: a pod reaching itself", |f| &f.hairpin),
     ];
+    if masquerades_cluster_ips(plan) {
+        let comment = "cluster IP ports with endpoints, for the masquerade rule";
+        sets.push(set(CLUSTER_IP_PORTS, target_key.clone(), false, comment, |f| &f.cluster_ip_ports));
+    }
+    let hairpin = set(HAIRPIN, vec![addr, addr], false, "endpoint . endpoint: a pod reaching itself", |f| &f.hairpin);
+    let partitions = hairpin_partitions(hairpin.elements.len());
+    sets.extend(hairpin_sets(&hairpin, partitions, changes, previous, last.hairpin_partitions));
     if let NodePortScope::Addresses(addresses) = &plan.node_ports_on {
         let elements = addresses.iter().map(|a| Element::key(&[Value::Addr(*a)])).collect();
         let declared = Set {
@@ -624,6 +623,10 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
     sets.extend(endpoint_maps(plan, fragments, changes, previous, last.endpoint_maps));
     last.endpoint_maps = endpoint_map_count(plan) as usize;
     last.sets = sets.iter().map(|s| (s.name.clone(), s.clone())).collect();
+    // Partitioned, the whole hairpin set is not in the table, but the next
+    // assembly patches it.
+    last.sets.insert(HAIRPIN.into(), hairpin);
+    last.hairpin_partitions = partitions;
     // The cluster and local chains of one port share an endpoint's set, so a
     // client keeps its endpoint whichever chain it comes through: deduplicated.
     last.affinity_sets =
@@ -632,7 +635,7 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
 
     last.service_chains =
         by_name(std::mem::take(&mut last.service_chains), fragments, changes, |f| &f.chains, |c| &c.name);
-    let mut chains: Vec<Arc<Chain>> = base_chains(plan).into_iter().map(Arc::new).collect();
+    let mut chains: Vec<Arc<Chain>> = base_chains(plan, partitions).into_iter().map(Arc::new).collect();
     chains.extend(last.service_chains.iter().cloned());
     Table { family, name: TABLE_NAME.into(), sets, chains }
 }
@@ -663,6 +666,91 @@ fn by_name<T>(
         }
     }
     last
+}
+
+/// Up to this many endpoint addresses of a family, one `hairpin` set holds them
+/// all; beyond, about this many per set. The kernel dumps a set's elements by
+/// walking them again from the first for every 32 KiB reply, so reading one set
+/// back grows with the square of its size: 100k addresses in one set took
+/// 100–160 ms to read, in 16 sets a few.
+pub const HAIRPIN_SET_ADDRESSES: usize = 8192;
+
+/// How many sets hold the hairpin elements: 1 up to [`HAIRPIN_SET_ADDRESSES`]
+/// addresses, else a power of two, about that many addresses each.
+fn hairpin_partitions(addresses: usize) -> usize {
+    if addresses <= HAIRPIN_SET_ADDRESSES {
+        1
+    } else {
+        addresses.div_ceil(HAIRPIN_SET_ADDRESSES).next_power_of_two()
+    }
+}
+
+/// The set of `partitions` a hairpin element `A . A` belongs to: the low bits
+/// of A, so an address stays in its set until the number of sets changes.
+fn hairpin_partition(element: &Element, partitions: usize) -> usize {
+    let low = match element.key.first() {
+        Some(Value::Addr(IpAddr::V4(a))) => u32::from(*a) as usize,
+        Some(Value::Addr(IpAddr::V6(a))) => u128::from(*a) as usize,
+        _ => 0,
+    };
+    low & (partitions - 1)
+}
+
+/// The name of one of `partitions` hairpin sets.
+pub fn hairpin_set_name(partition: usize, partitions: usize) -> String {
+    if partitions == 1 {
+        HAIRPIN.into()
+    } else {
+        format!("{HAIRPIN}-{partition}")
+    }
+}
+
+/// The table's hairpin sets: `hairpin` itself, or its elements spread over
+/// `partitions` sets. A set none of the `changes` adds to or takes from is the
+/// previous one, as long as the number of sets stays.
+fn hairpin_sets(
+    hairpin: &Arc<Set>,
+    partitions: usize,
+    changes: &[Change],
+    previous: &HashMap<String, Arc<Set>>,
+    previous_partitions: usize,
+) -> Vec<Arc<Set>> {
+    if partitions == 1 {
+        return vec![hairpin.clone()];
+    }
+    let mut touched = vec![partitions != previous_partitions; partitions];
+    if !previous.get(HAIRPIN).is_some_and(|kept| Arc::ptr_eq(kept, hairpin)) {
+        for (old, new) in changes {
+            for element in part_of(old, |f| &f.hairpin).iter().chain(part_of(new, |f| &f.hairpin)) {
+                touched[hairpin_partition(element, partitions)] = true;
+            }
+        }
+    }
+    let mut rebuilt: Vec<Vec<Element>> = vec![Vec::new(); partitions];
+    for element in &hairpin.elements {
+        let partition = hairpin_partition(element, partitions);
+        if touched[partition] {
+            rebuilt[partition].push(element.clone());
+        }
+    }
+    rebuilt
+        .into_iter()
+        .enumerate()
+        .map(|(partition, elements)| {
+            let name = hairpin_set_name(partition, partitions);
+            match previous.get(&name) {
+                Some(kept) if !touched[partition] => kept.clone(),
+                _ => Arc::new(Set {
+                    name,
+                    key: hairpin.key.clone(),
+                    data: None,
+                    dynamic_timeout: None,
+                    comment: hairpin.comment.clone(),
+                    elements,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// Up to this many changed ports, a shared set is patched rather than rebuilt.
@@ -808,8 +896,56 @@ fn endpoint_maps(
         .collect()
 }
 
+/// Whether traffic to cluster IPs is masqueraded at all: with `masquerade-all`,
+/// or from outside a cluster CIDR when there is one.
+fn masquerades_cluster_ips(plan: &FamilyPlan) -> bool {
+    plan.masquerade_all || !plan.cluster_cidrs.is_empty()
+}
+
+/// The rule of the `services` chain that marks traffic to a cluster IP for
+/// masquerade, `ip saddr != CIDR ip daddr . meta l4proto . th dport
+/// @cluster-ip-ports jump mark-for-masquerade` (no source test with
+/// `masquerade-all`), if the family masquerades such traffic.
+///
+/// It stands for the rule kube-proxy puts first in each service port's chain,
+/// `ip daddr VIP meta l4proto P th dport PORT ip saddr != CIDR jump
+/// mark-for-masquerade`, and marks exactly the same packets: that rule was the
+/// first of the chain the port's `service-ips` element sends traffic to, and
+/// only that traffic matches it (the chain is also reached from the external
+/// chain, but then addressed to another address or port). `cluster-ip-ports`
+/// holds the keys of those elements, the ports whose internal route reaches
+/// endpoints, so the packets it marks are those the per-chain rule marked, one
+/// rule earlier in the same `services` chain, with nothing in between that
+/// reads the mark. The plain `cluster-ips` set would not do: an address may be
+/// one service's cluster IP and another's external or load-balancer IP, whose
+/// clients `external-traffic-policy local` must not masquerade.
+fn cluster_ip_masquerade(plan: &FamilyPlan) -> Option<Rule> {
+    if !masquerades_cluster_ips(plan) {
+        return None;
+    }
+    let mut matches: Vec<Match> = Vec::new();
+    if !plan.masquerade_all {
+        matches.extend(plan.cluster_cidrs.iter().map(|cidr| Match::Cmp {
+            field: Field::Saddr,
+            negate: true,
+            value: Value::Net(*cidr),
+        }));
+    }
+    matches.push(Match::InSet {
+        key: vec![Field::Daddr, Field::L4Proto, Field::Dport],
+        set: CLUSTER_IP_PORTS.into(),
+        negate: false,
+    });
+    let comment = if plan.masquerade_all {
+        "masquerade-all: masquerade traffic to cluster IPs"
+    } else {
+        "masquerade traffic to cluster IPs from outside the cluster"
+    };
+    Some(Rule::new(matches, vec![jump(MARK_FOR_MASQUERADE)]).with_comment(comment))
+}
+
 /// The hooks, dispatch and helper chains every table has.
-fn base_chains(plan: &FamilyPlan) -> Vec<Chain> {
+fn base_chains(plan: &FamilyPlan, hairpin_partitions: usize) -> Vec<Chain> {
     let base = |name: &str, kind, hook, priority, rules| Chain {
         name: name.into(),
         hook: Some(BaseHook { kind, hook, priority }),
@@ -846,6 +982,21 @@ fn base_chains(plan: &FamilyPlan) -> Vec<Chain> {
         .with_comment("drop traffic to unallocated cluster IPs")
     }));
     let mask = MASQUERADE_MARK;
+    // One rule per hairpin set: only a connection's first packet meets them.
+    let mut masquerading: Vec<Rule> = (0..hairpin_partitions)
+        .map(|partition| {
+            let set = hairpin_set_name(partition, hairpin_partitions);
+            Rule::new(
+                vec![Match::CtStatusDnat, Match::InSet { key: vec![Field::Saddr, Field::Daddr], set, negate: false }],
+                vec![Statement::MarkOr(mask)],
+            )
+            .with_comment("hairpin: a pod reaching itself through a service")
+        })
+        .collect();
+    masquerading.extend([
+        Rule::new(vec![Match::MarkClear(mask)], vec![Statement::Verdict(Verdict::Return)]),
+        Rule::new(vec![], vec![Statement::MarkXor(mask), Statement::Masquerade]),
+    ]);
     vec![
         base("filter-prerouting", ChainKind::Filter, Hook::Prerouting, -110, vec![new_then_jump(FIREWALL_CHECK)]),
         base(
@@ -884,10 +1035,13 @@ fn base_chains(plan: &FamilyPlan) -> Vec<Chain> {
         ),
         plain(
             SERVICES,
-            vec![
-                Rule::new(vec![], vec![vmap(&target_key, SERVICE_IPS)]),
-                Rule::new(node_port_matches.clone(), vec![vmap(&port_key, SERVICE_NODEPORTS)]),
-            ],
+            cluster_ip_masquerade(plan)
+                .into_iter()
+                .chain([
+                    Rule::new(vec![], vec![vmap(&target_key, SERVICE_IPS)]),
+                    Rule::new(node_port_matches.clone(), vec![vmap(&port_key, SERVICE_NODEPORTS)]),
+                ])
+                .collect(),
         ),
         plain(FIREWALL_CHECK, vec![Rule::new(vec![], vec![vmap(&target_key, FIREWALL_IPS)])]),
         plain(SERVICE_ENDPOINTS_CHECK, vec![Rule::new(vec![], vec![vmap(&target_key, NO_ENDPOINT_SERVICES)])]),
@@ -897,21 +1051,7 @@ fn base_chains(plan: &FamilyPlan) -> Vec<Chain> {
         ),
         plain(CLUSTER_IPS_CHECK, cluster_ips_check),
         plain(MARK_FOR_MASQUERADE, vec![Rule::new(vec![], vec![Statement::MarkOr(mask)])]),
-        plain(
-            MASQUERADING,
-            vec![
-                Rule::new(
-                    vec![
-                        Match::CtStatusDnat,
-                        Match::InSet { key: vec![Field::Saddr, Field::Daddr], set: HAIRPIN.into(), negate: false },
-                    ],
-                    vec![Statement::MarkOr(mask)],
-                )
-                .with_comment("hairpin: a pod reaching itself through a service"),
-                Rule::new(vec![Match::MarkClear(mask)], vec![Statement::Verdict(Verdict::Return)]),
-                Rule::new(vec![], vec![Statement::MarkXor(mask), Statement::Masquerade]),
-            ],
-        ),
+        plain(MASQUERADING, masquerading),
         plain(REJECT_CHAIN, vec![Rule::new(vec![], vec![Statement::Reject])]),
     ]
 }

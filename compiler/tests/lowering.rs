@@ -96,6 +96,58 @@ fn unchanged_ports_keep_their_chains() {
     assert!(fresh.len() < 20, "{fresh:?}");
 }
 
+/// kube-proxy's first rule of every service port's chain, `ip daddr VIP meta
+/// l4proto P th dport PORT ip saddr != CIDR jump mark-for-masquerade`, is one
+/// rule of the `services` chain over a set of those ports.
+#[test]
+fn cluster_ip_masquerade_is_one_rule_over_a_set() {
+    use svcnft_compiler::lower::names::{CLUSTER_IP_PORTS, MARK_FOR_MASQUERADE, SERVICES};
+    use svcnft_compiler::ruleset::{Field, Match, Statement, Value, Verdict};
+
+    let text = policy_text(SHAPE, 0);
+    let cases = [
+        (text.clone(), Some(vec!["10.128.0.0/9"])),
+        (
+            text.replace("cluster-cidr 10.128.0.0/9", "cluster-cidr 10.128.0.0/10 10.192.0.0/10"),
+            Some(vec!["10.128.0.0/10", "10.192.0.0/10"]),
+        ),
+        (text.replace("cluster-cidr 10.128.0.0/9", "masquerade-all on"), Some(vec![])),
+        (text.replace("cluster-cidr 10.128.0.0/9", ""), None),
+    ];
+    for (i, (text, sources)) in cases.into_iter().enumerate() {
+        let ruleset = lower(&plan(text));
+        let table = &ruleset.tables[0];
+        let marks = |rule: &svcnft_compiler::ruleset::Rule| {
+            rule.statements.contains(&Statement::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into())))
+        };
+        for chain in table.chains.iter().filter(|c| c.name.starts_with("cluster-") || c.name.starts_with("local-")) {
+            assert!(!chain.rules.iter().any(marks), "case {i}: {} marks for masquerade", chain.name);
+        }
+        let services = table.chain(SERVICES).expect("a services chain");
+        let Some(sources) = sources else {
+            assert!(!services.rules.iter().any(marks), "case {i}: nothing to masquerade");
+            assert!(table.set(CLUSTER_IP_PORTS).is_none(), "case {i}");
+            continue;
+        };
+        let rule = &services.rules[0];
+        assert!(marks(rule), "case {i}: {rule:?}");
+        let mut expected: Vec<Match> = sources
+            .iter()
+            .map(|s| Match::Cmp { field: Field::Saddr, negate: true, value: Value::Net(s.parse().unwrap()) })
+            .collect();
+        expected.push(Match::InSet {
+            key: vec![Field::Daddr, Field::L4Proto, Field::Dport],
+            set: CLUSTER_IP_PORTS.into(),
+            negate: false,
+        });
+        assert_eq!(rule.matches, expected, "case {i}");
+        // Every service of the shape has endpoints: every cluster IP's port is there.
+        let set = table.set(CLUSTER_IP_PORTS).expect("the set is declared");
+        assert_eq!(set.elements.len(), SHAPE.services, "case {i}");
+        assert!(set.elements.iter().all(|e| e.key[2] == Value::Port(80)), "case {i}");
+    }
+}
+
 /// Random sequences of plans, built directly (no policy text), so that they
 /// reach what policies rarely do in a few steps: families coming and going,
 /// settings changing, ports reordered, affinity toggled, many endpoint maps.

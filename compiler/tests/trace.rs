@@ -433,6 +433,30 @@ fn load_balancer_local_policy() {
 }
 
 #[test]
+fn an_address_that_is_a_cluster_ip_and_another_services_external_ip() {
+    // 10.96.0.10 is web's cluster IP and local's external IP: traffic to web's
+    // port is cluster-IP traffic (masqueraded from outside the cluster CIDR),
+    // traffic to local's port external traffic that keeps the client's address.
+    let p = cluster().svc(svc("default/web", &["10.96.0.10"]).http(None).ep("10.244.1.5", "node-1")).svc(
+        svc("default/local", &["10.96.0.20"])
+            .port(None, "8443/tcp", number(8443), None)
+            .external_ip("10.96.0.10")
+            .etp_local(0)
+            .ep("10.244.1.6", "node-1"),
+    );
+    check(
+        &p,
+        &[
+            ("node-1", OUTSIDE, "10.96.0.10:8443", "tcp", &format!("dnat 10.244.1.6:8443 seen {OUTSIDE}")),
+            ("node-1", OUTSIDE, "10.96.0.10:80", "tcp", "dnat 10.244.1.5:8080 masq seen 10.244.1.1"),
+            ("node-1", "10.244.2.9", "10.96.0.10:80", "tcp", "dnat 10.244.1.5:8080 seen 10.244.2.9"),
+            ("node-2", OUTSIDE, "10.96.0.10:8443", "tcp", "drop"),
+            ("node-1", OUTSIDE, "10.96.0.10:81", "tcp", "reject"),
+        ],
+    );
+}
+
+#[test]
 fn source_ranges() {
     let p = load_balancers(cluster());
     let ep = "10.244.3.10:8080";

@@ -93,9 +93,11 @@ impl Applier {
         let mut committed = Committed::default();
         let mut ruleset = Ruleset::default();
         for family in Family::ALL {
-            if let Some(state) = self.conn.read_table_config(nl_family(family), TABLE_NAME)? {
+            // Each set's elements are decoded by the thread that read them.
+            let decode = |set: &nl::Set, elements| kernel::decode_set_elements(family, set, elements);
+            if let Some(state) = self.conn.read_table_config_with(nl_family(family), TABLE_NAME, &decode)? {
                 committed.generation = committed.generation.max(state.generation);
-                let decoded = kernel::decode_table(family, &state);
+                let decoded = kernel::decode_table(family, state);
                 committed.handles.extend(decoded.handles.into_iter().map(|(chain, h)| ((family, chain), h)));
                 ruleset.tables.push(decoded.table);
             }

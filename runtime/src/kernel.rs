@@ -118,17 +118,20 @@ fn encode_match(family: Family, m: &Match, out: &mut Vec<Expr>) {
             let full = field_len(family, *field);
             match value {
                 Value::Net(net) if u32::from(net.prefix_len()) < full * 8 => {
-                    // As nft: load only the bytes the prefix covers, masking a partial last byte.
+                    // As nft: a prefix of whole bytes loads only those bytes; any
+                    // other loads the whole address and masks it.
                     let prefix = u32::from(net.prefix_len());
-                    let bytes = prefix.div_ceil(8);
-                    out.push(load(family, *field, bytes, r));
                     let network = addr_bytes(net.network());
-                    if prefix % 8 != 0 {
-                        let mask: Vec<u8> = addr_bytes(net.netmask())[..bytes as usize].to_vec();
-                        let xor = vec![0; bytes as usize];
-                        out.push(Expr::Bitwise { sreg: r, dreg: r, mask, xor });
+                    if prefix % 8 == 0 {
+                        let bytes = prefix / 8;
+                        out.push(load(family, *field, bytes, r));
+                        out.push(Expr::Cmp { sreg: r, op, data: network[..bytes as usize].to_vec() });
+                    } else {
+                        out.push(load(family, *field, full, r));
+                        let xor = vec![0; full as usize];
+                        out.push(Expr::Bitwise { sreg: r, dreg: r, mask: addr_bytes(net.netmask()), xor });
+                        out.push(Expr::Cmp { sreg: r, op, data: network });
                     }
-                    out.push(Expr::Cmp { sreg: r, op, data: network[..bytes as usize].to_vec() });
                 }
                 _ => {
                     out.push(load(family, *field, full, r));
@@ -315,16 +318,31 @@ pub struct DecodedTable {
     pub handles: BTreeMap<String, Vec<u64>>,
 }
 
-/// Reads a dumped table back into the model. A rule this module did not write
-/// decodes to an empty rule carrying its reason as a comment: it never equals a
-/// desired rule, so the diff replaces it.
-pub fn decode_table(family: Family, state: &nl::TableState) -> DecodedTable {
-    let sets = state.sets.iter().map(|(set, elements)| Arc::new(decode_set(family, set, elements))).collect();
-    // The rules come chain by chain, in the order of the chains.
-    let mut rest = state.rules.as_slice();
+/// Reads a dumped table back into the model, its sets already decoded by
+/// [`decode_set_elements`] as they were read (`Conn::read_table_config_with`).
+/// A rule this module did not write decodes to an empty rule carrying its
+/// reason as a comment: it never equals a desired rule, so the diff replaces it.
+pub fn decode_table(family: Family, state: nl::TableState<Arc<Set>>) -> DecodedTable {
+    let (chains, handles) = decode_chains(family, &state.chains, &state.rules);
+    let sets = state.sets.into_iter().map(|(_, set)| set).collect();
+    DecodedTable { table: Table { family, name: TABLE_NAME.into(), sets, chains }, handles }
+}
+
+/// A set of our table and its elements, as the model has them.
+pub fn decode_set_elements(family: Family, set: &nl::Set, elements: Vec<nl::Element>) -> Arc<Set> {
+    Arc::new(decode_set(family, set, &elements))
+}
+
+/// The chains, with their rules and their rules' handles. The rules come chain
+/// by chain, in the order of the chains.
+fn decode_chains(
+    family: Family,
+    chains: &[nl::Chain],
+    rules: &[nl::Rule],
+) -> (Vec<Arc<Chain>>, BTreeMap<String, Vec<u64>>) {
+    let mut rest = rules;
     let mut handles = BTreeMap::new();
-    let chains = state
-        .chains
+    let chains = chains
         .iter()
         .map(|c| {
             let (of_chain, after) = rest.split_at(rest.iter().take_while(|r| r.chain == c.name).count());
@@ -337,7 +355,7 @@ pub fn decode_table(family: Family, state: &nl::TableState) -> DecodedTable {
             })
         })
         .collect();
-    DecodedTable { table: Table { family, name: TABLE_NAME.into(), sets, chains }, handles }
+    (chains, handles)
 }
 
 fn decode_hook(b: &nl::BaseChain) -> BaseHook {
@@ -393,7 +411,7 @@ fn decode_set(family: Family, set: &nl::Set, elements: &[nl::Element]) -> Set {
 fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<Element> {
     let concatenated = key.len() > 1;
     let mut bytes = e.key.as_slice();
-    let mut values = Vec::with_capacity(key.len());
+    let mut values = svcnft_compiler::ruleset::Key::new();
     for k in key {
         let len = match k {
             KeyType::Ipv4Addr => 4,
@@ -422,7 +440,7 @@ fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<El
         }
         None => None,
     };
-    Some(Element { key: values.into_iter().collect(), data })
+    Some(Element { key: values, data })
 }
 
 fn protocol(n: u8) -> Option<Protocol> {

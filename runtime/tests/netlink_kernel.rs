@@ -515,9 +515,13 @@ fn read_back_round_trips() {
             let mut conn = Conn::open().unwrap();
             assert_eq!(conn.read_table(family, table).unwrap(), None);
             conn.commit(&build(family, table, &objects), None).unwrap();
-            let state = conn.read_table(family, table).unwrap().unwrap();
-            assert_eq!(state.generation, conn.generation().unwrap());
-            assert_round_trip(&state, &objects);
+            // Rules in one dump of the table, chain by chain, and the default.
+            for whole in [Some(true), Some(false), None] {
+                conn.set_whole_table_rules(whole);
+                let state = conn.read_table(family, table).unwrap().unwrap();
+                assert_eq!(state.generation, conn.generation().unwrap());
+                assert_round_trip(&state, &objects);
+            }
         })
         .unwrap();
     }

@@ -1,12 +1,13 @@
 //! The netlink socket: generation id, batch commit, and read-back.
 
-use std::collections::HashSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use rustc_hash::FxHashSet;
 
 use super::attr::{self, Attrs, Writer};
 use super::batch::Batch;
@@ -25,14 +26,15 @@ const READERS: usize = 2;
 /// Decodes a dumped object into its table's name and the object.
 type Decoder<T> = fn(&[u8]) -> Result<(String, T), Error>;
 
-/// Everything in one table, as the kernel holds it.
+/// Everything in one table, as the kernel holds it: each set with its
+/// elements, or what a reader made of them (see [`Conn::read_table_config_with`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableState {
+pub struct TableState<E = Vec<Element>> {
     /// The generation this state was read at: commit against it.
     pub generation: u32,
     pub table: Table,
     pub chains: Vec<Chain>,
-    pub sets: Vec<(Set, Vec<Element>)>,
+    pub sets: Vec<(Set, E)>,
     /// Chain by chain in the order of `chains`, each chain's in rule order,
     /// with handles.
     pub rules: Vec<Rule>,
@@ -46,6 +48,8 @@ pub struct Conn {
     readers: Vec<Socket>,
     seq: u32,
     buf: Vec<u8>,
+    /// How table reads dump rules; `None` picks the cheaper way.
+    whole_table_rules: Option<bool>,
 }
 
 fn setsockopt(sock: &Socket, opt: libc::c_int, value: usize) -> io::Result<()> {
@@ -124,21 +128,24 @@ fn open_socket() -> Result<Socket, Error> {
 }
 
 /// Dumps the objects of kind `m` in one chain or set of a table (attribute 2
-/// names the chain of a rule dump and the set of an element dump).
+/// names the chain of a rule dump and the set of an element dump), or, with
+/// `within` `None`, in the whole table.
 fn dump_in(
     sock: &Socket,
     buf: &mut [u8],
     req: &mut Vec<u8>,
     seq: u32,
     (m, family): (Msg, u8),
-    (table, within): (&str, &str),
+    (table, within): (&str, Option<&str>),
     on: impl FnMut(&RawMsg) -> Result<(), Error>,
 ) -> Result<(), Error> {
     req.clear();
     let start = begin_msg(req, nft_type(m), NLM_F_DUMP, seq, family, 0);
     let mut w = Writer { buf: req };
     w.str(1, table);
-    w.str(2, within);
+    if let Some(within) = within {
+        w.str(2, within);
+    }
     end_msg(req, start);
     exchange(sock, buf, req, seq, on)
 }
@@ -159,10 +166,10 @@ fn set_elements(
     for attempt in 0..READ_ATTEMPTS as u64 {
         thread::sleep(std::time::Duration::from_millis(attempt * attempt));
         let mut elems = Vec::new();
-        dump_in(sock, buf, req, seq, (Msg::GetSetElem, family), (table, set), |msg| {
+        dump_in(sock, buf, req, seq, (Msg::GetSetElem, family), (table, Some(set)), |msg| {
             decode_elem_list(msg.attrs(), &mut elems)
         })?;
-        let mut seen = HashSet::with_capacity(elems.len());
+        let mut seen = FxHashSet::with_capacity_and_hasher(elems.len(), Default::default());
         if elems.iter().all(|e| seen.insert((&e.key, e.interval_end))) {
             return Ok(elems);
         }
@@ -170,19 +177,20 @@ fn set_elements(
     Err(Error::Malformed(format!("set {set}: every dump repeated elements")))
 }
 
-/// The rules of one chain, in order, with their handles.
+/// The rules of one chain, in order, with their handles; with `chain` `None`,
+/// those of every chain of the table, chain by chain in the table's order.
 fn chain_rules(
     sock: &Socket,
     buf: &mut [u8],
     req: &mut Vec<u8>,
     seq: u32,
     family: u8,
-    (table, chain): (&str, &str),
+    (table, chain): (&str, Option<&str>),
 ) -> Result<Vec<Rule>, Error> {
     let mut out = Vec::new();
     dump_in(sock, buf, req, seq, (Msg::GetRule, family), (table, chain), |msg| {
         let (t, rule) = decode_rule(msg.attrs())?;
-        if t == table && rule.chain == chain {
+        if t == table && chain.is_none_or(|c| rule.chain == c) {
             out.push(rule);
         }
         Ok(())
@@ -190,50 +198,149 @@ fn chain_rules(
     Ok(out)
 }
 
-/// One request of a table read that threads share out.
-enum Job<'a> {
-    /// The elements of the set at this index, and its name.
-    Elements(usize, &'a str),
-    /// The rules of this chain.
-    Rules(&'a str),
-}
-
-enum Reply {
-    Elements(usize, Vec<Element>),
-    Rules(Vec<Rule>),
-}
-
-/// Runs the jobs whose indices it takes from `next` until none are left, on
-/// `sock`; several threads share `next`, so the one that gets more CPU does
-/// more. Job `i` is requested with sequence number `seq + i`.
-fn run_jobs(
+/// Dumps one kind of object, asking the kernel to filter by table and keeping
+/// only that table's objects where it does not.
+fn dump_objects<T>(
     sock: &Socket,
     buf: &mut [u8],
-    (family, table): (u8, &str),
-    jobs: &[Job],
-    next: &AtomicUsize,
     seq: u32,
-) -> Result<Vec<(usize, Reply)>, Error> {
+    (m, family): (Msg, u8),
+    table: &str,
+    decode: Decoder<T>,
+) -> Result<Vec<T>, Error> {
     let mut req = Vec::new();
+    let start = begin_msg(&mut req, nft_type(m), NLM_F_DUMP, seq, family, 0);
+    Writer { buf: &mut req }.str(1, table);
+    end_msg(&mut req, start);
     let mut out = Vec::new();
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let seq = seq.wrapping_add(i as u32);
-        let reply = match jobs.get(i) {
-            None => return Ok(out),
-            Some(&Job::Rules(chain)) => Reply::Rules(chain_rules(sock, buf, &mut req, seq, family, (table, chain))?),
-            Some(&Job::Elements(set, set_name)) => {
-                Reply::Elements(set, set_elements(sock, buf, &mut req, seq, family, (table, set_name))?)
-            }
+    exchange(sock, buf, &req, seq, |msg| {
+        let (t, obj) = decode(msg.attrs())?;
+        if t == table {
+            out.push(obj);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Whether to read a table's rules in one dump rather than chain by chain.
+///
+/// The kernel resumes a rule dump, for every 32 KiB reply, by walking every
+/// rule before the point it stopped at, so one dump of a table costs about
+/// 1 µs a rule plus 0.12 ns per rule squared (kernel 6.18: 15k rules in
+/// 40 ms, 48k in 315 ms), on one thread; chain by chain, about 5.4 µs a
+/// request plus 3 µs a rule, shared by the reading threads (15k rules in
+/// 12k chains: 117 ms, 48k: 234 ms). The rules are not known before they are
+/// read: svcnft's chains hold one or two each, and every session-affinity
+/// (dynamic) set brings two more, so `chains + 2 × dynamic sets` estimates
+/// them. Either way reads the same rules; this only picks the faster.
+fn whole_table_rule_dump(chains: usize, dynamic_sets: usize) -> bool {
+    let rules = (chains + 2 * dynamic_sets) as f64;
+    let whole = rules + 1.2e-4 * rules * rules;
+    let chain_by_chain = 5.4 * chains as f64 + 3.0 * rules;
+    whole < chain_by_chain
+}
+
+/// The rule requests of a table read: one for the whole table (`None`) or
+/// one per chain. They wait for the chain list, which is read while the
+/// sets' elements already are.
+type RuleJobs = Mutex<Option<Arc<Vec<Option<String>>>>>;
+
+/// Publishes no rule jobs when dropped before the real ones are, as when the
+/// chain list cannot be read: no thread is left waiting for them.
+struct NoRulesOnDrop<'a, 'b, E>(&'a Jobs<'b, E>);
+
+impl<E> Drop for NoRulesOnDrop<'_, '_, E> {
+    fn drop(&mut self) {
+        self.0.publish_rules(Vec::new());
+    }
+}
+
+/// What one reading thread read: elements by set index, rules by rule job.
+struct Part<E> {
+    elements: Vec<(usize, E)>,
+    rules: Vec<(usize, Vec<Rule>)>,
+}
+
+impl<E> Default for Part<E> {
+    fn default() -> Self {
+        Part { elements: Vec::new(), rules: Vec::new() }
+    }
+}
+
+/// The requests of a table read that threads share out, each thread taking
+/// the next one of a kind, so the one that gets more CPU does more. Element
+/// job `i` is requested with sequence number `seq + i`, rule job `i` with
+/// `seq + elements + i`.
+struct Jobs<'a, E> {
+    table: (u8, &'a str),
+    sets: &'a [Set],
+    /// The indices of the sets whose elements to read.
+    elements: Vec<usize>,
+    /// What becomes of a set's elements.
+    each: &'a (dyn Fn(&Set, Vec<Element>) -> E + Sync),
+    next_element: AtomicUsize,
+    rules: RuleJobs,
+    rules_ready: Condvar,
+    next_rule: AtomicUsize,
+    seq: u32,
+}
+
+impl<E> Jobs<'_, E> {
+    /// Makes the rule jobs known, unless they are already.
+    fn publish_rules(&self, jobs: Vec<Option<String>>) {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| Arc::new(jobs));
+        self.rules_ready.notify_all();
+    }
+
+    fn run_elements(&self, sock: &Socket, buf: &mut [u8], req: &mut Vec<u8>, part: &mut Part<E>) -> Result<(), Error> {
+        let (family, table) = self.table;
+        loop {
+            let i = self.next_element.fetch_add(1, Ordering::Relaxed);
+            let Some(&set) = self.elements.get(i) else { return Ok(()) };
+            let seq = self.seq.wrapping_add(i as u32);
+            let elements = set_elements(sock, buf, req, seq, family, (table, &self.sets[set].name))?;
+            part.elements.push((set, (self.each)(&self.sets[set], elements)));
+        }
+    }
+
+    fn run_rules(&self, sock: &Socket, buf: &mut [u8], req: &mut Vec<u8>, part: &mut Part<E>) -> Result<(), Error> {
+        let (family, table) = self.table;
+        let jobs = {
+            let published = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            let published = self.rules_ready.wait_while(published, |j| j.is_none()).unwrap_or_else(|e| e.into_inner());
+            published.clone().unwrap_or_default()
         };
-        out.push((i, reply));
+        let first = self.seq.wrapping_add(self.elements.len() as u32);
+        loop {
+            let i = self.next_rule.fetch_add(1, Ordering::Relaxed);
+            let Some(chain) = jobs.get(i) else { return Ok(()) };
+            let seq = first.wrapping_add(i as u32);
+            part.rules.push((i, chain_rules(sock, buf, req, seq, family, (table, chain.as_deref()))?));
+        }
+    }
+
+    /// A helper thread's share: elements, then rules.
+    fn run(&self, sock: &Socket, buf: &mut [u8]) -> Result<Part<E>, Error> {
+        let (mut req, mut part) = (Vec::new(), Part::default());
+        self.run_elements(sock, buf, &mut req, &mut part)?;
+        self.run_rules(sock, buf, &mut req, &mut part)?;
+        Ok(part)
     }
 }
 
 impl Conn {
     pub fn open() -> Result<Self, Error> {
         let readers = (1..READERS).map(|_| open_socket()).collect::<Result<_, _>>()?;
-        Ok(Conn { sock: open_socket()?, readers, seq: 0, buf: vec![0; RECV_BUF] })
+        Ok(Conn { sock: open_socket()?, readers, seq: 0, buf: vec![0; RECV_BUF], whole_table_rules: None })
+    }
+
+    /// Makes table reads dump rules in one request for the whole table
+    /// (`Some(true)`), chain by chain (`Some(false)`), or whichever is cheaper
+    /// (`None`, the default): tests read back both ways.
+    #[cfg(feature = "testing")]
+    pub fn set_whole_table_rules(&mut self, whole: Option<bool>) {
+        self.whole_table_rules = whole;
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -336,7 +443,7 @@ impl Conn {
     /// by chain too) except for chains, which the kernel dumps per family: those
     /// of other tables are dropped unread.
     pub fn read_table(&mut self, family: Family, name: &str) -> Result<Option<TableState>, Error> {
-        self.read_table_with(family, name, true)
+        self.read_table_with(family, name, true, &|_, elements| elements)
     }
 
     /// Like [`Conn::read_table`], without the elements of dynamic sets: those are
@@ -345,13 +452,32 @@ impl Conn {
     /// searching the table's sets by name, so reading thousands of them grows
     /// with the square of their number.
     pub fn read_table_config(&mut self, family: Family, name: &str) -> Result<Option<TableState>, Error> {
-        self.read_table_with(family, name, false)
+        self.read_table_config_with(family, name, &|_, elements| elements)
     }
 
-    fn read_table_with(&mut self, family: Family, name: &str, dynamic: bool) -> Result<Option<TableState>, Error> {
+    /// Like [`Conn::read_table_config`], handing each set's elements to `each`
+    /// on the thread that read them, while they are fresh in its cache (those
+    /// of dynamic sets, unread, as none): a table's hundreds of thousands of
+    /// elements are then decoded by the reading threads.
+    pub fn read_table_config_with<E: Send>(
+        &mut self,
+        family: Family,
+        name: &str,
+        each: &(dyn Fn(&Set, Vec<Element>) -> E + Sync),
+    ) -> Result<Option<TableState<E>>, Error> {
+        self.read_table_with(family, name, false, each)
+    }
+
+    fn read_table_with<E: Send>(
+        &mut self,
+        family: Family,
+        name: &str,
+        dynamic: bool,
+        each: &(dyn Fn(&Set, Vec<Element>) -> E + Sync),
+    ) -> Result<Option<TableState<E>>, Error> {
         for _ in 0..READ_ATTEMPTS {
             let before = self.generation()?;
-            let state = self.read_table_once(family, name, before, dynamic)?;
+            let state = self.read_table_once(family, name, before, dynamic, each)?;
             if self.generation()? == before {
                 return Ok(state);
             }
@@ -363,36 +489,23 @@ impl Conn {
     /// the handles of rules it just added without reading the whole table.
     pub fn read_rules(&mut self, family: Family, table: &str, chain: &str) -> Result<Vec<Rule>, Error> {
         let seq = self.next_seq();
-        chain_rules(&self.sock, &mut self.buf, &mut Vec::new(), seq, family.code(), (table, chain))
+        chain_rules(&self.sock, &mut self.buf, &mut Vec::new(), seq, family.code(), (table, Some(chain)))
     }
 
-    /// Dumps one kind of object, asking the kernel to filter by table and
-    /// keeping only that table's objects where it does not.
+    /// Dumps one kind of object of a table (see [`dump_objects`]).
     fn dump_table<T>(&mut self, m: Msg, family: u8, table: &str, decode: Decoder<T>) -> Result<Vec<T>, Error> {
-        let mut out = Vec::new();
-        self.request(
-            m,
-            family,
-            true,
-            |w| w.str(1, table),
-            |msg| {
-                let (t, obj) = decode(msg.attrs())?;
-                if t == table {
-                    out.push(obj);
-                }
-                Ok(())
-            },
-        )?;
-        Ok(out)
+        let seq = self.next_seq();
+        dump_objects(&self.sock, &mut self.buf, seq, (m, family), table, decode)
     }
 
-    fn read_table_once(
+    fn read_table_once<E: Send>(
         &mut self,
         family: Family,
         name: &str,
         generation: u32,
         dynamic: bool,
-    ) -> Result<Option<TableState>, Error> {
+        each: &(dyn Fn(&Set, Vec<Element>) -> E + Sync),
+    ) -> Result<Option<TableState<E>>, Error> {
         let fam = family.code();
         let mut found = false;
         let res = self.request(
@@ -412,51 +525,78 @@ impl Conn {
         if !found {
             return Ok(None);
         }
-        let chains = self.dump_table(Msg::GetChain, fam, name, decode_chain)?;
-        let mut sets: Vec<(Set, Vec<Element>)> =
-            self.dump_table(Msg::GetSet, fam, name, decode_set)?.into_iter().map(|set| (set, Vec::new())).collect();
-        // Then one request per set for its elements and one per chain for its
-        // rules, shared out among threads: the kernel's cost of filling the
-        // replies dominates, and it runs in the thread that asks. Rules chain by
-        // chain, because the kernel resumes a rule dump by walking every rule
-        // before the point it stopped at, once per 32 KiB reply: one dump of a
-        // whole table grows with the square of its rules (48k rules: 234 ms
-        // against 190 ms chain by chain). Sets first: a few of them are large.
-        let jobs: Vec<Job> = sets
-            .iter()
-            .enumerate()
-            .filter(|(_, (set, _))| dynamic || !set.flags.dynamic)
-            .map(|(i, (set, _))| Job::Elements(i, &set.name))
-            .chain(chains.iter().map(|chain| Job::Rules(&chain.name)))
-            .collect();
-        let seq = self.seq.wrapping_add(1);
-        self.seq = self.seq.wrapping_add(jobs.len() as u32);
-        let next = AtomicUsize::new(0);
-        let mut replies: Vec<Option<Reply>> = std::iter::repeat_with(|| None).take(jobs.len()).collect();
-        thread::scope(|s| {
-            let helpers: Vec<_> = self
-                .readers
-                .iter()
-                .map(|sock| {
-                    let (jobs, next) = (&jobs, &next);
-                    s.spawn(move || run_jobs(sock, &mut vec![0; RECV_BUF], (fam, name), jobs, next, seq))
-                })
-                .collect();
-            let mine = run_jobs(&self.sock, &mut self.buf, (fam, name), &jobs, &next, seq);
-            for part in helpers.into_iter().map(|h| h.join().expect("a table reader panicked")).chain([mine]) {
-                for (i, reply) in part? {
-                    replies[i] = Some(reply);
+        let sets: Vec<Set> = self.dump_table(Msg::GetSet, fam, name, decode_set)?;
+        // Then one request per set for its elements, and for the rules one for
+        // the whole table or one per chain, shared out among threads: the
+        // kernel's cost of filling the replies dominates, and it runs in the
+        // thread that asks. The helpers start on the sets while this thread
+        // reads the chain list, then takes the rules: the whole table's at
+        // once (the longest request) when that is cheaper, else chain by
+        // chain, with the helpers once the sets are read.
+        let dynamic_sets = sets.iter().filter(|set| set.flags.dynamic).count();
+        let jobs = Jobs {
+            table: (fam, name),
+            sets: &sets,
+            elements: (0..sets.len()).filter(|i| dynamic || !sets[*i].flags.dynamic).collect(),
+            each,
+            next_element: AtomicUsize::new(0),
+            rules: Mutex::new(None),
+            rules_ready: Condvar::new(),
+            next_rule: AtomicUsize::new(0),
+            seq: self.seq.wrapping_add(2),
+        };
+        let chains_seq = self.seq.wrapping_add(1);
+        let whole_table_rules = self.whole_table_rules;
+        let Conn { sock, readers, buf, .. } = self;
+        let (chains, parts) = thread::scope(|s| {
+            let helpers: Vec<_> =
+                readers.iter().map(|sock| s.spawn(|| jobs.run(sock, &mut vec![0; RECV_BUF]))).collect();
+            let unblock = NoRulesOnDrop(&jobs);
+            let chains = dump_objects(sock, buf, chains_seq, (Msg::GetChain, fam), name, decode_chain);
+            let rule_jobs: Vec<Option<String>> = match &chains {
+                Ok(chains)
+                    if !whole_table_rules.unwrap_or_else(|| whole_table_rule_dump(chains.len(), dynamic_sets)) =>
+                {
+                    chains.iter().map(|c| Some(c.name.clone())).collect()
                 }
+                Ok(_) => vec![None],
+                Err(_) => Vec::new(),
+            };
+            jobs.publish_rules(rule_jobs);
+            drop(unblock);
+            let mine = (|| {
+                let (mut req, mut part) = (Vec::new(), Part::default());
+                jobs.run_rules(sock, buf, &mut req, &mut part)?;
+                jobs.run_elements(sock, buf, &mut req, &mut part)?;
+                Ok(part)
+            })();
+            let parts: Vec<Result<Part<E>, Error>> =
+                helpers.into_iter().map(|h| h.join().expect("a table reader panicked")).chain([mine]).collect();
+            (chains, parts)
+        });
+        let chains = chains?;
+        let published = jobs.rules.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_default();
+        self.seq = jobs.seq.wrapping_add((jobs.elements.len() + published.len()) as u32);
+        let mut by_job: Vec<Vec<Rule>> = vec![Vec::new(); published.len()];
+        let mut read: Vec<Option<E>> = std::iter::repeat_with(|| None).take(sets.len()).collect();
+        for part in parts {
+            let part = part?;
+            for (set, elements) in part.elements {
+                read[set] = Some(elements);
             }
-            Ok::<_, Error>(())
-        })?;
-        let mut rules = Vec::new();
-        for reply in replies.into_iter().flatten() {
-            match reply {
-                Reply::Elements(set, elems) => sets[set].1 = elems,
-                Reply::Rules(r) => rules.extend(r),
+            for (i, rules) in part.rules {
+                by_job[i] = rules;
             }
         }
+        let rules = by_job.into_iter().flatten().collect();
+        let sets = sets
+            .into_iter()
+            .zip(read)
+            .map(|(set, read)| {
+                let elements = read.unwrap_or_else(|| each(&set, Vec::new()));
+                (set, elements)
+            })
+            .collect();
         Ok(Some(TableState { generation, table: Table { family, name: name.to_owned() }, chains, sets, rules }))
     }
 }
