@@ -601,9 +601,10 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
         let comment = "cluster IP ports with endpoints, for the masquerade rule";
         sets.push(set(CLUSTER_IP_PORTS, target_key.clone(), false, comment, |f| &f.cluster_ip_ports));
     }
-    let hairpin = set(HAIRPIN, vec![addr, addr], false, "endpoint . endpoint: a pod reaching itself", |f| &f.hairpin);
-    let partitions = hairpin_partitions(hairpin.elements.len());
-    sets.extend(hairpin_sets(&hairpin, partitions, changes, previous, last.hairpin_partitions));
+    let hairpin_tally = tallies.entry(HAIRPIN).or_default();
+    let (hairpin, partitions) =
+        hairpin_sets(vec![addr, addr], fragments, changes, previous, (hairpin_tally, last.hairpin_partitions));
+    sets.extend(hairpin);
     if let NodePortScope::Addresses(addresses) = &plan.node_ports_on {
         let elements = addresses.iter().map(|a| Element::key(&[Value::Addr(*a)])).collect();
         let declared = Set {
@@ -623,9 +624,6 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
     sets.extend(endpoint_maps(plan, fragments, changes, previous, last.endpoint_maps));
     last.endpoint_maps = endpoint_map_count(plan) as usize;
     last.sets = sets.iter().map(|s| (s.name.clone(), s.clone())).collect();
-    // Partitioned, the whole hairpin set is not in the table, but the next
-    // assembly patches it.
-    last.sets.insert(HAIRPIN.into(), hairpin);
     last.hairpin_partitions = partitions;
     // The cluster and local chains of one port share an endpoint's set, so a
     // client keeps its endpoint whichever chain it comes through: deduplicated.
@@ -705,52 +703,74 @@ pub fn hairpin_set_name(partition: usize, partitions: usize) -> String {
     }
 }
 
-/// The table's hairpin sets: `hairpin` itself, or its elements spread over
-/// `partitions` sets. A set none of the `changes` adds to or takes from is the
-/// previous one, as long as the number of sets stays.
+/// The table's hairpin sets, `hairpin` or `hairpin-0`, `hairpin-1`, ..., and how
+/// many: those none of the `changes` adds to or takes from are the `previous`
+/// ones, and those they do are patched, as long as the number of sets stays.
 fn hairpin_sets(
-    hairpin: &Arc<Set>,
-    partitions: usize,
+    key: Vec<KeyType>,
+    fragments: &[Arc<Fragment>],
     changes: &[Change],
     previous: &HashMap<String, Arc<Set>>,
-    previous_partitions: usize,
-) -> Vec<Arc<Set>> {
-    if partitions == 1 {
-        return vec![hairpin.clone()];
-    }
-    let mut touched = vec![partitions != previous_partitions; partitions];
-    if !previous.get(HAIRPIN).is_some_and(|kept| Arc::ptr_eq(kept, hairpin)) {
-        for (old, new) in changes {
-            for element in part_of(old, |f| &f.hairpin).iter().chain(part_of(new, |f| &f.hairpin)) {
-                touched[hairpin_partition(element, partitions)] = true;
-            }
+    (tally, previous_partitions): (&mut Option<Tally>, usize),
+) -> (Vec<Arc<Set>>, usize) {
+    let part: fn(&Fragment) -> &[Element] = |f| &f.hairpin;
+    let declare = |partition: usize, partitions: usize, elements: Vec<Element>| {
+        Arc::new(Set {
+            name: hairpin_set_name(partition, partitions),
+            key: key.clone(),
+            data: None,
+            dynamic_timeout: None,
+            comment: Some("endpoint . endpoint: a pod reaching itself".into()),
+            elements,
+        })
+    };
+    let split = |elements: Vec<Element>| {
+        let partitions = hairpin_partitions(elements.len());
+        let mut lists = vec![Vec::new(); partitions];
+        for element in elements {
+            lists[hairpin_partition(&element, partitions)].push(element);
+        }
+        let sets = lists.into_iter().enumerate().map(|(at, elements)| declare(at, partitions, elements)).collect();
+        (sets, partitions)
+    };
+    let kept = |partition, partitions| previous.get(&hairpin_set_name(partition, partitions)).cloned();
+    let unchanged = changes.iter().all(|(old, new)| part_of(old, part) == part_of(new, part));
+    if previous_partitions > 0 && unchanged {
+        if let Some(sets) = (0..previous_partitions).map(|at| kept(at, previous_partitions)).collect() {
+            return (sets, previous_partitions);
         }
     }
-    let mut rebuilt: Vec<Vec<Element>> = vec![Vec::new(); partitions];
-    for element in &hairpin.elements {
-        let partition = hairpin_partition(element, partitions);
-        if touched[partition] {
-            rebuilt[partition].push(element.clone());
-        }
+    if previous_partitions == 0 || changes.len() > PATCHED_CHANGES {
+        *tally = None;
+        return split(gathered(fragments, part));
     }
-    rebuilt
+    let tally = tallied(tally, fragments, changes, part);
+    let partitions = hairpin_partitions(tally.len());
+    if partitions != previous_partitions {
+        let mut elements: Vec<Element> = tally.keys().cloned().collect();
+        elements.sort_unstable();
+        return split(elements);
+    }
+    let mut touched = vec![false; partitions];
+    for element in changes.iter().flat_map(|(old, new)| part_of(old, part).iter().chain(part_of(new, part))) {
+        touched[hairpin_partition(element, partitions)] = true;
+    }
+    let mut lists: Vec<Vec<Element>> = (0..partitions)
+        .map(|at| match kept(at, partitions) {
+            Some(set) if touched[at] => set.elements.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    patch(&mut lists, |element| hairpin_partition(element, partitions), tally, changes, part);
+    let sets = lists
         .into_iter()
         .enumerate()
-        .map(|(partition, elements)| {
-            let name = hairpin_set_name(partition, partitions);
-            match previous.get(&name) {
-                Some(kept) if !touched[partition] => kept.clone(),
-                _ => Arc::new(Set {
-                    name,
-                    key: hairpin.key.clone(),
-                    data: None,
-                    dynamic_timeout: None,
-                    comment: hairpin.comment.clone(),
-                    elements,
-                }),
-            }
+        .map(|(at, elements)| match kept(at, partitions) {
+            Some(set) if !touched[at] => set,
+            _ => declare(at, partitions, elements),
         })
-        .collect()
+        .collect();
+    (sets, partitions)
 }
 
 /// Up to this many changed ports, a shared set is patched rather than rebuilt.
@@ -769,8 +789,7 @@ fn gathered(fragments: &[Arc<Fragment>], part: fn(&Fragment) -> &[Element]) -> V
 
 /// `kept`, the elements of the last assembly, with the contributions of the
 /// `changes` taken out and put in: an element goes when no port contributes it
-/// any more, and comes when the first one does. The first patch of a set counts
-/// the contributions of the current `fragments`; later ones update the count.
+/// any more, and comes when the first one does.
 fn patched(
     kept: &[Element],
     tally: &mut Option<Tally>,
@@ -778,12 +797,32 @@ fn patched(
     changes: &[Change],
     part: fn(&Fragment) -> &[Element],
 ) -> Vec<Element> {
-    let tally = match tally {
+    let tally = tallied(tally, fragments, changes, part);
+    let mut elements = [kept.to_vec()];
+    patch(&mut elements, |_| 0, tally, changes, part);
+    let [elements] = elements;
+    elements
+}
+
+/// How many ports contribute each element of one part of the table once the
+/// `changes` are made: counted from the current `fragments` the first time,
+/// then kept up to date with the changes. Elements no port contributes are not
+/// in it.
+fn tallied<'t>(
+    tally: &'t mut Option<Tally>,
+    fragments: &[Arc<Fragment>],
+    changes: &[Change],
+    part: fn(&Fragment) -> &[Element],
+) -> &'t mut Tally {
+    match tally {
         Some(tally) => {
             for (old, new) in changes {
                 for element in part_of(old, part) {
                     if let Some(count) = tally.get_mut(element) {
                         *count -= 1;
+                        if *count == 0 {
+                            tally.remove(element);
+                        }
                     }
                 }
                 for element in part_of(new, part) {
@@ -799,21 +838,29 @@ fn patched(
             }
             tally.insert(counted)
         }
-    };
-    let mut elements = kept.to_vec();
+    }
+}
+
+/// Takes the elements the `changes` touch out of, or puts them into, their
+/// sorted list among `lists` (the one `list_of` them), as `tally` has them.
+fn patch(
+    lists: &mut [Vec<Element>],
+    list_of: impl Fn(&Element) -> usize,
+    tally: &Tally,
+    changes: &[Change],
+    part: fn(&Fragment) -> &[Element],
+) {
     let touched = changes.iter().flat_map(|(old, new)| part_of(old, part).iter().chain(part_of(new, part)));
     for element in touched {
-        let present = tally.get(element).is_some_and(|count| *count > 0);
-        match (elements.binary_search(element), present) {
+        let elements = &mut lists[list_of(element)];
+        match (elements.binary_search(element), tally.contains_key(element)) {
             (Ok(at), false) => {
                 elements.remove(at);
-                tally.remove(element);
             }
             (Err(at), true) => elements.insert(at, element.clone()),
             _ => {}
         }
     }
-    elements
 }
 
 /// What a fragment, if any, contributes to one part of the table.
