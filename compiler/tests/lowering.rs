@@ -221,7 +221,7 @@ mod generated {
                     id: PortId {
                         service: ServiceName { namespace: "ns".into(), name: format!("s{}", slot / 2) },
                         port: 80 + slot % 2,
-                        protocol: if slot % 3 == 0 { Protocol::Udp } else { Protocol::Tcp },
+                        protocol: if slot.is_multiple_of(3) { Protocol::Udp } else { Protocol::Tcp },
                     },
                     cluster_ip: addr(family, 0x100 + ip),
                     external_ips: external_ips.into_iter().map(|a| addr(family, 0x200 + a)).collect(),
