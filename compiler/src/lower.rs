@@ -512,7 +512,7 @@ impl PortLowering<'_> {
 /// updated to this plan.
 fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
     let count = endpoint_map_count(plan);
-    let mut taken = FxHashSet::default();
+    let mut taken = FxHashSet::with_capacity_and_hasher(memo.ports.len() * 2, Default::default());
     // Ports usually keep their place in the plan; those that moved are found by id.
     let mut previous: Vec<Option<Lowered>> = std::mem::take(&mut memo.ports).into_iter().map(Some).collect();
     let mut by_id: Option<FxHashMap<PortId, usize>> = None;
@@ -548,8 +548,7 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
         lowered.push(lowering);
     }
     changes.extend(previous.into_iter().flatten().map(|gone| (Some(gone.fragment), None)));
-    let fragments: Vec<Arc<Fragment>> = lowered.iter().map(|l| l.fragment.clone()).collect();
-    let table = assemble(plan, &fragments, &changes, &mut memo.last);
+    let table = assemble(plan, &lowered, &changes, &mut memo.last);
     if remember {
         memo.ports = lowered;
     }
@@ -560,7 +559,7 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
 /// shared set none of the `changes` contributes to differently is the same
 /// allocation; one they do is patched when they are few, and so are the sorted
 /// lists of chains and affinity sets when the changes keep every name.
-fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], last: &mut Assembly) -> Table {
+fn assemble(plan: &FamilyPlan, fragments: &[Lowered], changes: &[Change], last: &mut Assembly) -> Table {
     let (previous, tallies) = (&last.sets, &mut last.tallies);
     let family = plan.family;
     let addr = KeyType::addr(family);
@@ -643,7 +642,7 @@ fn assemble(plan: &FamilyPlan, fragments: &[Arc<Fragment>], changes: &[Change], 
 /// the last assembly) only needs the new items swapped in.
 fn by_name<T>(
     mut last: Vec<Arc<T>>,
-    fragments: &[Arc<Fragment>],
+    fragments: &[Lowered],
     changes: &[Change],
     items: fn(&Fragment) -> &[Arc<T>],
     name: fn(&T) -> &str,
@@ -653,7 +652,7 @@ fn by_name<T>(
         _ => true,
     };
     if last.is_empty() || changes.iter().any(renames) {
-        let mut all: Vec<Arc<T>> = fragments.iter().flat_map(|f| items(f).iter().cloned()).collect();
+        let mut all: Vec<Arc<T>> = fragments.iter().flat_map(|l| items(&l.fragment).iter().cloned()).collect();
         all.sort_by(|a, b| name(a).cmp(name(b)));
         all.dedup_by(|a, b| name(a) == name(b));
         return all;
@@ -708,7 +707,7 @@ pub fn hairpin_set_name(partition: usize, partitions: usize) -> String {
 /// ones, and those they do are patched, as long as the number of sets stays.
 fn hairpin_sets(
     key: Vec<KeyType>,
-    fragments: &[Arc<Fragment>],
+    fragments: &[Lowered],
     changes: &[Change],
     previous: &HashMap<String, Arc<Set>>,
     (tally, previous_partitions): (&mut Option<Tally>, usize),
@@ -780,8 +779,8 @@ const PATCHED_CHANGES: usize = 32;
 type Tally = FxHashMap<Element, u32>;
 
 /// A shared set's elements from every fragment, sorted and deduplicated.
-fn gathered(fragments: &[Arc<Fragment>], part: fn(&Fragment) -> &[Element]) -> Vec<Element> {
-    let mut elements: Vec<Element> = fragments.iter().flat_map(|f| part(f)).cloned().collect();
+fn gathered(fragments: &[Lowered], part: fn(&Fragment) -> &[Element]) -> Vec<Element> {
+    let mut elements: Vec<Element> = fragments.iter().flat_map(|l| part(&l.fragment)).cloned().collect();
     elements.sort_unstable();
     elements.dedup();
     elements
@@ -793,7 +792,7 @@ fn gathered(fragments: &[Arc<Fragment>], part: fn(&Fragment) -> &[Element]) -> V
 fn patched(
     kept: &[Element],
     tally: &mut Option<Tally>,
-    fragments: &[Arc<Fragment>],
+    fragments: &[Lowered],
     changes: &[Change],
     part: fn(&Fragment) -> &[Element],
 ) -> Vec<Element> {
@@ -810,7 +809,7 @@ fn patched(
 /// in it.
 fn tallied<'t>(
     tally: &'t mut Option<Tally>,
-    fragments: &[Arc<Fragment>],
+    fragments: &[Lowered],
     changes: &[Change],
     part: fn(&Fragment) -> &[Element],
 ) -> &'t mut Tally {
@@ -833,7 +832,7 @@ fn tallied<'t>(
         }
         None => {
             let mut counted = Tally::default();
-            for element in fragments.iter().flat_map(|f| part(f)) {
+            for element in fragments.iter().flat_map(|l| part(&l.fragment)) {
                 *counted.entry(element.clone()).or_default() += 1;
             }
             tally.insert(counted)
@@ -872,7 +871,7 @@ fn part_of<T>(fragment: &Option<Arc<Fragment>>, part: fn(&Fragment) -> &[T]) -> 
 /// from `previous`, of which there were `previous_count`.
 fn endpoint_maps(
     plan: &FamilyPlan,
-    fragments: &[Arc<Fragment>],
+    fragments: &[Lowered],
     changes: &[Change],
     previous: &HashMap<String, Arc<Set>>,
     previous_count: usize,
@@ -915,7 +914,7 @@ fn endpoint_maps(
         }
     } else {
         // When the map count changes, so do all placements: every map is touched.
-        for (map, element) in fragments.iter().flat_map(|f| &f.endpoints) {
+        for (map, element) in fragments.iter().flat_map(|l| &l.fragment.endpoints) {
             rebuilt[*map as usize].push(element.clone());
         }
         rebuilt.iter_mut().for_each(|elements| elements.sort_unstable());
