@@ -115,6 +115,8 @@ struct Checker<'a> {
     file: usize,
     /// The index of the item being checked among all items.
     item: usize,
+    /// Where that item starts in its file: the spans inside it count from there.
+    base: usize,
     out: Policy,
     /// `out`'s services while they are checked; shared once done.
     services: Vec<Service>,
@@ -139,16 +141,26 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
+    /// `span`, inside the item being checked, in its file.
+    fn in_file(&self, span: Span) -> Span {
+        Span::new(span.start + self.base, span.end + self.base)
+    }
+
     fn error(&mut self, span: Span, message: impl Into<String>) {
-        self.diags.push(Severity::Error, self.file, span, message.into());
+        self.diags.push(Severity::Error, self.file, self.in_file(span), message.into());
+    }
+
+    /// Checks what follows as part of `item`, the `index`th of the policy, in `file`.
+    fn enter(&mut self, index: usize, (file, item): (usize, &Item)) {
+        (self.file, self.item, self.base) = (file, index, item.span.start);
     }
 
     fn policy(&mut self, items: &[(usize, &'a Item)]) {
         // Cluster first (node-port-range and service CIDRs constrain services), then
         // nodes (endpoints name them), services, and endpoints last.
         let mut cluster_seen = false;
-        for (file, item) in items {
-            self.file = *file;
+        for (index, &(file, item)) in items.iter().enumerate() {
+            self.enter(index, (file, item));
             if let ItemKind::Cluster(body) = &item.kind {
                 // A second block is still checked, so its own errors show too.
                 let cluster = self.cluster(body);
@@ -160,20 +172,20 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        for (file, item) in items {
-            self.file = *file;
+        for (index, &(file, item)) in items.iter().enumerate() {
+            self.enter(index, (file, item));
             if let ItemKind::Node { name, body } = &item.kind {
                 self.node(name, body);
             }
         }
-        for (index, (file, item)) in items.iter().enumerate() {
-            (self.file, self.item) = (*file, index);
+        for (index, &(file, item)) in items.iter().enumerate() {
+            self.enter(index, (file, item));
             if let ItemKind::Service { name, body } = &item.kind {
                 self.service(name, body);
             }
         }
-        for (index, (file, item)) in items.iter().enumerate() {
-            (self.file, self.item) = (*file, index);
+        for (index, &(file, item)) in items.iter().enumerate() {
+            self.enter(index, (file, item));
             if let ItemKind::Endpoints { name, body } = &item.kind {
                 self.endpoints(name, body);
             }
@@ -332,7 +344,7 @@ impl<'a> Checker<'a> {
             .ports
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.target_name.map(|span| (i, Origin { file: self.file, span })))
+            .filter_map(|(i, p)| p.target_name.map(|span| (i, Origin { file: self.file, span: self.in_file(span) })))
             .collect();
         let ports = self.service_ports(name, kind, s.ports);
         if let Some((port, span)) = s.health_check {

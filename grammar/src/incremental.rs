@@ -1,9 +1,11 @@
 //! Re-parsing a changed file item by item.
 //!
 //! pest reads about 18 MB/s, so parsing the 5 MB file of a 10k-service policy takes a
-//! quarter of a second, while an edit usually touches one item. [`reparse`] splits the
-//! new text into items with a byte scan, takes every item whose text is unchanged from
-//! the previous parse (moving its spans to where it now is), and runs pest on the rest.
+//! quarter of a second, while an edit usually touches one item. [`reparse`] keeps the
+//! items before and after the bytes that changed, splits the text between into items
+//! with a byte scan, takes every one whose text an old item had (moving it to where
+//! it now is: one span, since the spans inside an item are relative to its start),
+//! and runs pest on the rest.
 //!
 //! The split is exact for every text the grammar accepts, because no token can hold
 //! `{`, `}`, `#`, `;` or a blank: a `#` always starts a comment that runs to the end of
@@ -14,10 +16,7 @@
 
 use std::collections::HashMap;
 
-use crate::{
-    parse, ClusterStmt, EndpointOption, EndpointsStmt, File, Item, ItemKind, NodeStmt, PortOption, ServiceStmt, Span,
-    Stmt, SyntaxError, Word,
-};
+use crate::{parse, File, Item, Span, SyntaxError};
 
 /// One file's text and its parse, kept to re-parse the file's next version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,26 +33,31 @@ pub fn reparse(parsed: &mut Parsed, text: &str) -> Result<usize, SyntaxError> {
     if parsed.text == text {
         return Ok(0);
     }
-    let planned = split(text).and_then(|spans| Some((plan(parsed, text, &spans)?, spans)));
-    let Some((plan, spans)) = planned else {
+    let Some(plan) = plan(parsed, text) else {
         parsed.file = parse(text)?;
         replace_text(&mut parsed.text, text);
         return Ok(parsed.file.items.len());
     };
-    let fresh = plan.middle.iter().filter(|source| matches!(source, Source::Parsed(_))).count();
+    let fresh = plan.middle.iter().filter(|(source, _)| matches!(source, Source::Parsed(_))).count();
     let items = &mut parsed.file.items;
     let mut old: Vec<Option<Item>> = items.drain(plan.prefix..items.len() - plan.suffix).map(Some).collect();
     let middle: Vec<Item> = plan
         .middle
         .into_iter()
-        .map(|source| match source {
-            Source::Reused(index) => old[index - plan.prefix].take().expect("each old item is reused at most once"),
+        .map(|(source, span)| match source {
+            Source::Reused(index) => {
+                let mut item = old[index - plan.prefix].take().expect("each old item is reused at most once");
+                move_to(&mut item, span.start);
+                item
+            }
             Source::Parsed(item) => item,
         })
         .collect();
+    let moved = plan.prefix + middle.len();
     items.splice(plan.prefix..plan.prefix, middle);
-    for (item, span) in items.iter_mut().zip(&spans) {
-        move_to(item, span.start);
+    for item in &mut items[moved..] {
+        let to = item.span.start.checked_add_signed(plan.shift).expect("the suffix moves within the text");
+        move_to(item, to);
     }
     replace_text(&mut parsed.text, text);
     Ok(fresh)
@@ -67,12 +71,13 @@ fn replace_text(old: &mut String, text: &str) {
 }
 
 /// How the items of a new text come from the old ones: the first `prefix` and the
-/// last `suffix` are the old ones at the same place from either end, those between
-/// come from `middle`.
+/// last `suffix` are the old ones, the last moved by `shift` bytes, and those
+/// between come from `middle`, each with its span in the new text.
 struct Plan {
     prefix: usize,
     suffix: usize,
-    middle: Vec<Source>,
+    shift: isize,
+    middle: Vec<(Source, Span)>,
 }
 
 enum Source {
@@ -81,28 +86,68 @@ enum Source {
     Parsed(Item),
 }
 
-/// Matches the new items to the old by text, parsing those without a match; `None`
-/// when one of them does not parse on its own.
-fn plan(old: &Parsed, text: &str, spans: &[Span]) -> Option<Plan> {
-    let old_text = |i: usize| &old.text[old.file.items[i].span.start..old.file.items[i].span.end];
-    let new_text = |s: &Span| &text[s.start..s.end];
-    let olds = old.file.items.len();
-    // An edit usually leaves a long run of items unchanged before and after it.
-    let prefix = spans.iter().zip(0..olds).take_while(|(s, i)| new_text(s) == old_text(*i)).count();
-    let suffix =
-        spans[prefix..].iter().rev().zip((prefix..olds).rev()).take_while(|(s, i)| new_text(s) == old_text(*i)).count();
+/// Finds what changed: the old items wholly inside the bytes both texts begin
+/// with stay, and so do those wholly inside the bytes both end with, from the
+/// first that the byte scan of the new text, resumed after the first ones,
+/// lands on. Only the text between is split; its items are matched to the old
+/// ones between by text (an item may have moved), and the rest parsed. `None`
+/// when the scan finds no items there, or one of them does not parse alone.
+fn plan(old: &Parsed, text: &str) -> Option<Plan> {
+    let (before, after) = (old.text.as_bytes(), text.as_bytes());
+    let head = common_prefix(before, after);
+    let tail = common_suffix(&before[head..], &after[head..]);
+    let shift = after.len() as isize - before.len() as isize;
+    let olds = &old.file.items;
+    let prefix = olds.partition_point(|item| item.span.end <= head);
+    // An old item at or after this offset is followed by the same text in both.
+    let same_after = before.len() - tail;
+    let mut spans = Vec::new();
+    let mut at = olds[..prefix].last().map_or(0, |item| item.span.end);
+    let suffix_start = loop {
+        at = skip_gap(after, at);
+        let was = at as isize - shift;
+        if was >= same_after as isize {
+            if let Ok(index) = olds.binary_search_by_key(&(was as usize), |item| item.span.start) {
+                break index;
+            }
+        }
+        if at == after.len() {
+            break olds.len();
+        }
+        let span = item_at(after, at)?;
+        spans.push(span);
+        at = span.end;
+    };
+    let old_text = |i: usize| &old.text[olds[i].span.start..olds[i].span.end];
     let mut moved: HashMap<&str, Vec<usize>> = HashMap::new();
-    for i in (prefix..olds - suffix).rev() {
+    for i in (prefix..suffix_start).rev() {
         moved.entry(old_text(i)).or_default().push(i);
     }
-    let middle = spans[prefix..spans.len() - suffix]
-        .iter()
-        .map(|span| match moved.get_mut(new_text(span)).and_then(Vec::pop) {
-            Some(index) => Some(Source::Reused(index)),
-            None => parse_item(text, *span).map(Source::Parsed),
+    let middle = spans
+        .into_iter()
+        .map(|span| match moved.get_mut(&text[span.start..span.end]).and_then(Vec::pop) {
+            Some(index) => Some((Source::Reused(index), span)),
+            None => parse_item(text, span).map(|item| (Source::Parsed(item), span)),
         })
         .collect::<Option<_>>()?;
-    Some(Plan { prefix, suffix, middle })
+    Some(Plan { prefix, suffix: olds.len() - suffix_start, shift, middle })
+}
+
+/// How many bytes `a` and `b` begin with alike; compared a block at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 4096;
+    let blocks = a.chunks(BLOCK).zip(b.chunks(BLOCK)).take_while(|(x, y)| x == y).count();
+    let at = blocks * BLOCK;
+    at + a[at.min(a.len())..].iter().zip(&b[at.min(b.len())..]).take_while(|(x, y)| x == y).count()
+}
+
+/// How many bytes `a` and `b` end with alike; compared a block at a time.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 4096;
+    let blocks = a.rchunks(BLOCK).zip(b.rchunks(BLOCK)).take_while(|(x, y)| x == y).count();
+    let at = blocks * BLOCK;
+    let (a, b) = (&a[..a.len().saturating_sub(at)], &b[..b.len().saturating_sub(at)]);
+    at + a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
 }
 
 /// Parses the item at `span` of `text` on its own, with spans into `text`.
@@ -116,33 +161,18 @@ fn parse_item(text: &str, span: Span) -> Option<Item> {
     Some(item)
 }
 
-/// Moves every span of `item` so that it starts at byte `to`.
+/// Moves `item` to start at byte `to`: only its own span, as every other span
+/// in it is relative to that.
 fn move_to(item: &mut Item, to: usize) {
-    let from = item.span.start;
-    // Most items do not move: every one before an edit, and every one after an edit
-    // that keeps the length.
-    if from != to {
-        for_each_span(item, &mut |s| *s = Span::new(s.start - from + to, s.end - from + to));
-    }
+    item.span = Span::new(to, to + item.span.end - item.span.start);
 }
 
-/// The spans of the top-level items of `text`, each from its keyword to its closing
-/// brace; `None` when the text is not a sequence of brace-closed items separated by
-/// blanks, separators and comments.
-pub fn split(text: &str) -> Option<Vec<Span>> {
-    let bytes = text.as_bytes();
-    let mut spans = Vec::new();
-    let mut at = 0;
-    loop {
-        at = skip_gap(bytes, at);
-        if at == bytes.len() {
-            return Some(spans);
-        }
-        let open = find_brace(bytes, at, b'{')?;
-        let close = find_brace(bytes, open + 1, b'}')?;
-        spans.push(Span::new(at, close + 1));
-        at = close + 1;
-    }
+/// The span of the item starting at `at`, from its keyword to its closing
+/// brace; `None` when no brace-closed item starts there.
+fn item_at(bytes: &[u8], at: usize) -> Option<Span> {
+    let open = find_brace(bytes, at, b'{')?;
+    let close = find_brace(bytes, open + 1, b'}')?;
+    Some(Span::new(at, close + 1))
 }
 
 /// The first byte at or after `at` that is not a blank, a separator or in a comment.
@@ -173,97 +203,6 @@ fn find_brace(bytes: &[u8], mut at: usize, brace: u8) -> Option<usize> {
 /// `NEWLINE` (`\n`, `\r\n` or `\r`) ends it.
 fn line_end(bytes: &[u8], at: usize) -> usize {
     memchr::memchr2(b'\n', b'\r', &bytes[at..]).map_or(bytes.len(), |n| at + n)
-}
-
-/// Calls `f` on every span of `item`.
-fn for_each_span<F: FnMut(&mut Span)>(item: &mut Item, f: &mut F) {
-    f(&mut item.keyword);
-    f(&mut item.span);
-    match &mut item.kind {
-        ItemKind::Cluster(body) => statements(body, f, |kind, f: &mut F| match kind {
-            ClusterStmt::ClusterCidr(ws) | ClusterStmt::ServiceCidr(ws) | ClusterStmt::NodePortAddresses(ws) => {
-                words(ws, f)
-            }
-            ClusterStmt::NodePortRange(w) | ClusterStmt::MasqueradeAll(w) => f(&mut w.span),
-        }),
-        ItemKind::Node { name, body } => {
-            f(&mut name.span);
-            statements(body, f, |kind, f: &mut F| match kind {
-                NodeStmt::Address(ws) | NodeStmt::LocalAddress(ws) | NodeStmt::PodCidr(ws) => words(ws, f),
-                NodeStmt::Zone(w) => f(&mut w.span),
-            });
-        }
-        ItemKind::Service { name, body } => {
-            f(&mut name.span);
-            f(&mut name.namespace.span);
-            f(&mut name.name.span);
-            statements(body, f, service_spans);
-        }
-        ItemKind::Endpoints { name, body } => {
-            f(&mut name.span);
-            f(&mut name.namespace.span);
-            f(&mut name.name.span);
-            statements(body, f, endpoints_spans);
-        }
-    }
-}
-
-fn statements<T, F: FnMut(&mut Span)>(body: &mut [Stmt<T>], f: &mut F, kind: impl Fn(&mut T, &mut F)) {
-    for stmt in body {
-        f(&mut stmt.keyword);
-        f(&mut stmt.span);
-        kind(&mut stmt.kind, f);
-    }
-}
-
-fn words<F: FnMut(&mut Span)>(ws: &mut [Word], f: &mut F) {
-    ws.iter_mut().for_each(|w| f(&mut w.span));
-}
-
-fn service_spans<F: FnMut(&mut Span)>(kind: &mut ServiceStmt, f: &mut F) {
-    match kind {
-        ServiceStmt::ClusterIp(ws) | ServiceStmt::ExternalIp(ws) | ServiceStmt::SourceRanges(ws) => words(ws, f),
-        ServiceStmt::Type(w)
-        | ServiceStmt::ExternalTrafficPolicy(w)
-        | ServiceStmt::InternalTrafficPolicy(w)
-        | ServiceStmt::HealthCheckNodePort(w)
-        | ServiceStmt::TrafficDistribution(w) => f(&mut w.span),
-        ServiceStmt::LoadBalancerIp { address, mode } => {
-            f(&mut address.span);
-            mode.iter_mut().for_each(|w| f(&mut w.span));
-        }
-        ServiceStmt::SessionAffinity { mode, timeout } => {
-            f(&mut mode.span);
-            timeout.iter_mut().for_each(|w| f(&mut w.span));
-        }
-        ServiceStmt::Port(p) => {
-            p.name.iter_mut().for_each(|w| f(&mut w.span));
-            f(&mut p.port.span);
-            f(&mut p.protocol.span);
-            for option in &mut p.options {
-                let (PortOption::Target(w) | PortOption::NodePort(w)) = option;
-                f(&mut w.span);
-            }
-        }
-    }
-}
-
-fn endpoints_spans<F: FnMut(&mut Span)>(kind: &mut EndpointsStmt, f: &mut F) {
-    match kind {
-        EndpointsStmt::Port { name, port } => {
-            name.iter_mut().for_each(|w| f(&mut w.span));
-            f(&mut port.span);
-        }
-        EndpointsStmt::Endpoint(e) => {
-            f(&mut e.address.span);
-            for option in &mut e.options {
-                match option {
-                    EndpointOption::Node(w) | EndpointOption::Zone(w) | EndpointOption::Condition(w) => f(&mut w.span),
-                    EndpointOption::HintZones(ws) | EndpointOption::HintNodes(ws) => words(ws, f),
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use pest::Parser as _;
 use pest_derive::Parser;
 
 pub mod incremental;
+mod spans;
 
 #[derive(Parser)]
 #[grammar = "services.pest"]
@@ -66,6 +67,9 @@ pub struct File {
     pub items: Vec<Item>,
 }
 
+/// A top-level item. Its `span` is where it is in its file; every other span
+/// in it, `keyword` included, counts from the item's start, so that an item
+/// moved by an edit elsewhere in the file moves by one span.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     /// The item's keyword (`cluster`, `node`, ...).
@@ -209,7 +213,9 @@ fn item(pair: Pair<'_, Rule>) -> Item {
             ItemKind::Endpoints { name, body: inner.map(|p| stmt(p, endpoints_stmt)).collect() }
         }
     };
-    Item { keyword, span, kind }
+    let mut item = Item { keyword, span, kind };
+    spans::for_each_inner_span(&mut item, &mut |s| *s = Span::new(s.start - span.start, s.end - span.start));
+    item
 }
 
 fn qname(pair: Pair<'_, Rule>) -> QualifiedName {

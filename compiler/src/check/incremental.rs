@@ -129,7 +129,7 @@ fn endpoints_edit(last: &Last, items: &[(usize, &Item)], prints: &[Print]) -> Op
     let mut policy = last.checked.policy.clone();
     let mut checker = Checker { node_names: last.links.node_names.clone(), ..Checker::default() };
     for (index, service, body) in changed {
-        (checker.file, checker.item) = (items[index].0, index);
+        checker.enter(index, items[index]);
         let old = &policy.services[service];
         let endpoints = checker.endpoints_block(body, Some(&old.ports));
         policy.services[service] = Arc::new(Service { endpoints: Some(endpoints), ..Service::clone(old) });

@@ -12,6 +12,24 @@ const EXAMPLES: [&str; 9] = [
     include_str!("../../../examples/traffic-policies.svc"),
 ];
 
+/// The spans of the top-level items of `text`, each from its keyword to its
+/// closing brace; `None` when the text is not a sequence of brace-closed items
+/// separated by blanks, separators and comments.
+fn split(text: &str) -> Option<Vec<Span>> {
+    let bytes = text.as_bytes();
+    let mut spans = Vec::new();
+    let mut at = 0;
+    loop {
+        at = skip_gap(bytes, at);
+        if at == bytes.len() {
+            return Some(spans);
+        }
+        let span = item_at(bytes, at)?;
+        spans.push(span);
+        at = span.end;
+    }
+}
+
 fn spans(text: &str) -> Option<Vec<(usize, usize)>> {
     split(text).map(|spans| spans.iter().map(|s| (s.start, s.end)).collect())
 }
@@ -64,7 +82,7 @@ fn an_item_that_does_not_parse_alone_is_left_to_the_full_parse() {
     assert!(parse_item("{ }", Span::new(0, 3)).is_none());
     assert!(parse_item("x node n\n{}", Span::new(2, 11)).is_none(), "the brace is not on the keyword's line");
     let item = parse_item("x node n { address 1 }", Span::new(2, 22)).expect("parses");
-    assert_eq!((item.keyword, item.span), (Span::new(2, 6), Span::new(2, 22)));
+    assert_eq!((item.keyword, item.span), (Span::new(0, 4), Span::new(2, 22)), "the keyword counts from the item");
 }
 
 #[test]
