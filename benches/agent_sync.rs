@@ -76,7 +76,10 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("svcnft-bench-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cluster.svc");
-    let texts = [policy_text(shape, 1), policy_text(shape, 2)];
+    // The moved endpoint's address alternates between 10.128.255.3 and
+    // 10.128.255.12: every other edit changes the file's length, which moves
+    // every item after it.
+    let texts = [policy_text(shape, 1), policy_text(shape, 10)];
     std::fs::write(&path, policy_text(shape, 0)).unwrap();
 
     let ns = TestNs::new().expect("a network namespace (root)");
