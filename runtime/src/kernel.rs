@@ -191,8 +191,8 @@ fn encode_statement(family: Family, s: &Statement, out: &mut Vec<Expr>) {
         }
         Statement::Dnat { address, port } => {
             let port_reg = Reg::r32(4);
-            out.push(Expr::Immediate { dreg: r, data: Data::Value(addr_bytes(*address)) });
-            out.push(Expr::Immediate { dreg: port_reg, data: Data::Value(port.to_be_bytes().to_vec()) });
+            out.push(Expr::Immediate { dreg: r, data: Data::Value(addr_bytes(*address).into()) });
+            out.push(Expr::Immediate { dreg: port_reg, data: Data::Value(port.to_be_bytes().as_slice().into()) });
             out.push(dnat(family, r, port_reg));
         }
         Statement::DnatMap { modulus, offset, map } => {
@@ -304,7 +304,7 @@ pub fn encode_element(set: &Set, element: &Element) -> nl::Element {
         Some(ElementData::Verdict(v)) => nl::Element::with_data(key, Data::Verdict(encode_verdict(v))),
         Some(ElementData::Endpoint { address, port }) => {
             let data = nl::concat(&[&addr_bytes(*address), &port.to_be_bytes()]);
-            nl::Element::with_data(key, Data::Value(data))
+            nl::Element::with_data(key, Data::Value(data.into()))
         }
         None => nl::Element::new(key),
     }
@@ -330,7 +330,7 @@ pub fn decode_table(family: Family, state: nl::TableState<Arc<Set>>) -> DecodedT
 
 /// A set of our table and its elements, as the model has them.
 pub fn decode_set_elements(family: Family, set: &nl::Set, elements: Vec<nl::Element>) -> Arc<Set> {
-    Arc::new(decode_set(family, set, &elements))
+    Arc::new(decode_set(family, set, elements))
 }
 
 /// The chains, with their rules and their rules' handles. The rules come chain
@@ -375,7 +375,7 @@ fn decode_hook(b: &nl::BaseChain) -> BaseHook {
     }
 }
 
-fn decode_set(family: Family, set: &nl::Set, elements: &[nl::Element]) -> Set {
+fn decode_set(family: Family, set: &nl::Set, elements: Vec<nl::Element>) -> Set {
     let mut key: Vec<KeyType> = set
         .key
         .iter()
@@ -403,12 +403,13 @@ fn decode_set(family: Family, set: &nl::Set, elements: &[nl::Element]) -> Set {
     let elements = if dynamic_timeout.is_some() {
         Vec::new()
     } else {
-        elements.iter().filter_map(|e| decode_element(family, &key, e)).collect()
+        elements.into_iter().filter_map(|e| decode_element(family, &key, e)).collect()
     };
     Set { name: set.name.clone(), key, data, dynamic_timeout, comment: set.comment.clone(), elements }
 }
 
-fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<Element> {
+/// Takes `e` apart: a verdict's chain name moves into the decoded element.
+fn decode_element(family: Family, key: &[KeyType], e: nl::Element) -> Option<Element> {
     let concatenated = key.len() > 1;
     let mut bytes = e.key.as_slice();
     let mut values = svcnft_compiler::ruleset::Key::new();
@@ -430,7 +431,7 @@ fn decode_element(family: Family, key: &[KeyType], e: &nl::Element) -> Option<El
         let step = if concatenated { len.next_multiple_of(4) } else { len };
         bytes = bytes.get(step.min(bytes.len())..)?;
     }
-    let data = match &e.data {
+    let data = match e.data {
         Some(Data::Verdict(v)) => Some(ElementData::Verdict(decode_verdict(v)?)),
         Some(Data::Value(bytes)) => {
             let len = addr_len(family) as usize;
@@ -461,13 +462,13 @@ fn padded_addr(family: Family, b: &[u8]) -> Option<IpAddr> {
     bytes_addr(family, &full)
 }
 
-fn decode_verdict(v: &nl::Verdict) -> Option<Verdict> {
+fn decode_verdict(v: nl::Verdict) -> Option<Verdict> {
     Some(match v {
         nl::Verdict::Accept => Verdict::Accept,
         nl::Verdict::Drop => Verdict::Drop,
         nl::Verdict::Return => Verdict::Return,
-        nl::Verdict::Jump(c) => Verdict::Jump(c.clone()),
-        nl::Verdict::Goto(c) => Verdict::Goto(c.clone()),
+        nl::Verdict::Jump(c) => Verdict::Jump(c),
+        nl::Verdict::Goto(c) => Verdict::Goto(c),
         nl::Verdict::Continue => return None,
     })
 }
@@ -562,7 +563,7 @@ impl<'a> RuleDecoder<'a> {
             }
             statements.push(match e {
                 Expr::Immediate { dreg, data: Data::Verdict(v) } if *dreg == Reg::VERDICT => {
-                    Statement::Verdict(decode_verdict(v)?)
+                    Statement::Verdict(decode_verdict(v.clone())?)
                 }
                 Expr::Immediate { data: Data::Value(addr), .. } => {
                     let Some(Expr::Immediate { data: Data::Value(port), .. }) = self.next() else { return None };

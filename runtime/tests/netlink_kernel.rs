@@ -1,7 +1,7 @@
 //! The netlink layer against the real kernel, each test in its own network
 //! namespace, with `nft` rendering as the oracle.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use svcnft_runtime::netlink::*;
 use svcnft_runtime::testns::{kernel_tests_enabled, TestNs};
@@ -174,8 +174,8 @@ fn dnat(family: Family, addr: &[u8], port: u16) -> Vec<Expr> {
     vec![
         meta(MetaKey::L4Proto),
         cmp(CmpOp::Eq, &[6]),
-        Expr::Immediate { dreg: R0, data: Data::Value(addr.to_vec()) },
-        Expr::Immediate { dreg: port_reg, data: Data::Value(port.to_be_bytes().to_vec()) },
+        Expr::Immediate { dreg: R0, data: Data::Value(addr.into()) },
+        Expr::Immediate { dreg: port_reg, data: Data::Value(port.to_be_bytes().as_slice().into()) },
         Expr::Nat { kind: NatKind::Dnat, family, addr: Some(R0), port: Some(port_reg), flags: 0 },
     ]
 }
@@ -279,7 +279,7 @@ fn ip_objects() -> Objects {
             },
             vec![Element::with_data(
                 vec![10, 96, 0, 20],
-                Data::Value(concat(&[&[10, 1, 1, 2], &8443u16.to_be_bytes()])),
+                Data::Value(concat(&[&[10, 1, 1, 2], &8443u16.to_be_bytes()]).into()),
             )],
         ),
         (
@@ -566,9 +566,8 @@ fn stale_generation_is_refused() {
     });
 }
 
-/// Commit and read back 10k rules over 10k elements; prints timings.
+/// 10k rules over 10k elements go out in one batch and come back whole.
 #[test]
-#[ignore = "timing, run explicitly"]
 fn ten_thousand_rules() {
     with_conn(|conn| {
         let mut b = Batch::new(Family::Ip, "big");
@@ -582,15 +581,10 @@ fn ten_thousand_rules() {
             exprs.extend(dnat(Family::Ip, &[10, 1, 1, 1], 8080));
             b.add_rule(&rule("svc", exprs));
         }
-        let t = Instant::now();
         conn.commit(&b, None).unwrap();
-        let commit = t.elapsed();
-        let t = Instant::now();
         let state = conn.read_table(Family::Ip, "big").unwrap().unwrap();
-        let read = t.elapsed();
         assert_eq!(state.rules.len(), 10_000);
         assert_eq!(state.sets[0].1.len(), 10_000);
-        eprintln!("10k rules + 10k elements: commit {commit:?}, read back {read:?}");
     });
 }
 

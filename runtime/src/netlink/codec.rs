@@ -133,7 +133,7 @@ pub(crate) fn encode_data(w: &mut Writer, d: &Data) {
 pub(crate) fn decode_data(data: &[u8]) -> Result<Data, Error> {
     for a in Attrs::new(data) {
         match a? {
-            (NFTA_DATA_VALUE, v) => return Ok(Data::Value(v.to_vec())),
+            (NFTA_DATA_VALUE, v) => return Ok(Data::Value(v.into())),
             (NFTA_DATA_VERDICT, v) => {
                 let mut code = None;
                 let mut chain = None;

@@ -323,14 +323,14 @@ impl Expr {
             Expr::Cmp { sreg, op, data } => {
                 w.be32(1, sreg.0);
                 w.be32(2, index(&CMP_OPS, *op));
-                w.nest(3, |w| encode_data(w, &Data::Value(data.clone())));
+                w.nest(3, |w| encode_data(w, &Data::Value(data.as_slice().into())));
             }
             Expr::Bitwise { sreg, dreg, mask, xor } => {
                 w.be32(1, sreg.0);
                 w.be32(2, dreg.0);
                 w.be32(3, mask.len() as u32);
-                w.nest(4, |w| encode_data(w, &Data::Value(mask.clone())));
-                w.nest(5, |w| encode_data(w, &Data::Value(xor.clone())));
+                w.nest(4, |w| encode_data(w, &Data::Value(mask.as_slice().into())));
+                w.nest(5, |w| encode_data(w, &Data::Value(xor.as_slice().into())));
             }
             Expr::Lookup { set, sreg, dreg, invert } => {
                 w.str(1, set);
@@ -424,7 +424,7 @@ impl Expr {
         let t = table(data)?;
         let value = |i: usize, what: &str| -> Result<Vec<u8>, Error> {
             match decode_data(t[i].ok_or_else(|| Error::Malformed(format!("missing {what}")))?)? {
-                Data::Value(v) => Ok(v),
+                Data::Value(v) => Ok(v.into_vec()),
                 Data::Verdict(_) => Err(Error::Malformed(format!("{what} is a verdict"))),
             }
         };

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use super::attr::udata;
 use super::expr::Expr;
 
@@ -237,11 +239,15 @@ pub enum Verdict {
     Goto(String),
 }
 
+/// Raw value bytes, inline up to an IPv6 address with a protocol and a port:
+/// a table read back holds hundreds of thousands of them.
+pub type Bytes = SmallVec<[u8; 24]>;
+
 /// A register or element value: either a verdict or raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Data {
     Verdict(Verdict),
-    Value(Vec<u8>),
+    Value(Bytes),
 }
 
 /// A set or map element. Keys are raw bytes laid out as the kernel compares
@@ -249,7 +255,7 @@ pub enum Data {
 /// an `interval_end` element one past the range.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
-    pub key: Vec<u8>,
+    pub key: Bytes,
     pub interval_end: bool,
     pub data: Option<Data>,
     pub timeout: Option<Duration>,
@@ -257,11 +263,11 @@ pub struct Element {
 }
 
 impl Element {
-    pub fn new(key: Vec<u8>) -> Self {
-        Element { key, ..Element::default() }
+    pub fn new(key: impl Into<Bytes>) -> Self {
+        Element { key: key.into(), ..Element::default() }
     }
 
-    pub fn with_data(key: Vec<u8>, data: Data) -> Self {
+    pub fn with_data(key: impl Into<Bytes>, data: Data) -> Self {
         Element { data: Some(data), ..Element::new(key) }
     }
 }
