@@ -548,7 +548,7 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
         lowered.push(lowering);
     }
     changes.extend(previous.into_iter().flatten().map(|gone| (Some(gone.fragment), None)));
-    let table = assemble(plan, &lowered, &changes, &mut memo.last);
+    let table = assemble(plan, &lowered, &changes, &mut memo.last, remember);
     if remember {
         memo.ports = lowered;
     }
@@ -558,8 +558,15 @@ fn lower_family(plan: &FamilyPlan, memo: &mut Memo, remember: bool) -> Table {
 /// The table of `fragments`, reusing the `last` assembly (and updating it): a
 /// shared set none of the `changes` contributes to differently is the same
 /// allocation; one they do is patched when they are few, and so are the sorted
-/// lists of chains and affinity sets when the changes keep every name.
-fn assemble(plan: &FamilyPlan, fragments: &[Lowered], changes: &[Change], last: &mut Assembly) -> Table {
+/// lists of chains and affinity sets when the changes keep every name. When the
+/// assembly is `remember`ed, what the next one patches is counted now.
+fn assemble(
+    plan: &FamilyPlan,
+    fragments: &[Lowered],
+    changes: &[Change],
+    last: &mut Assembly,
+    remember: bool,
+) -> Table {
     let (previous, tallies) = (&last.sets, &mut last.tallies);
     let family = plan.family;
     let addr = KeyType::addr(family);
@@ -601,8 +608,13 @@ fn assemble(plan: &FamilyPlan, fragments: &[Lowered], changes: &[Change], last: 
         sets.push(set(CLUSTER_IP_PORTS, target_key.clone(), false, comment, |f| &f.cluster_ip_ports));
     }
     let hairpin_tally = tallies.entry(HAIRPIN).or_default();
-    let (hairpin, partitions) =
-        hairpin_sets(vec![addr, addr], fragments, changes, previous, (hairpin_tally, last.hairpin_partitions));
+    let (hairpin, partitions) = hairpin_sets(
+        vec![addr, addr],
+        fragments,
+        changes,
+        previous,
+        (hairpin_tally, last.hairpin_partitions, remember),
+    );
     sets.extend(hairpin);
     if let NodePortScope::Addresses(addresses) = &plan.node_ports_on {
         let elements = addresses.iter().map(|a| Element::key(&[Value::Addr(*a)])).collect();
@@ -704,13 +716,14 @@ pub fn hairpin_set_name(partition: usize, partitions: usize) -> String {
 
 /// The table's hairpin sets, `hairpin` or `hairpin-0`, `hairpin-1`, ..., and how
 /// many: those none of the `changes` adds to or takes from are the `previous`
-/// ones, and those they do are patched, as long as the number of sets stays.
+/// ones, and those they do are patched, as long as the number of sets stays
+/// (with the contributions counted for that when the assembly is remembered).
 fn hairpin_sets(
     key: Vec<KeyType>,
     fragments: &[Lowered],
     changes: &[Change],
     previous: &HashMap<String, Arc<Set>>,
-    (tally, previous_partitions): (&mut Option<Tally>, usize),
+    (tally, previous_partitions, remember): (&mut Option<Tally>, usize, bool),
 ) -> (Vec<Arc<Set>>, usize) {
     let part: fn(&Fragment) -> &[Element] = |f| &f.hairpin;
     let declare = |partition: usize, partitions: usize, elements: Vec<Element>| {
@@ -740,7 +753,12 @@ fn hairpin_sets(
         }
     }
     if previous_partitions == 0 || changes.len() > PATCHED_CHANGES {
+        // Every endpoint move patches these sets: counting their 100k contributions
+        // at 10k services belongs to the cold lowering, not to the first edit.
         *tally = None;
+        if remember {
+            tallied(tally, fragments, &[], part);
+        }
         return split(gathered(fragments, part));
     }
     let tally = tallied(tally, fragments, changes, part);
