@@ -213,10 +213,13 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     let gone_sets: BTreeSet<&str> = old_sets
         .iter()
         .zip(&new.sets)
-        .filter(|(was, is)| was.is_some_and(|was| !same_declaration(was, is)))
+        .filter(|(was, is)| was.is_some_and(|was| !Arc::ptr_eq(was, is) && !same_declaration(was, is)))
         .map(|(_, is)| is.name.as_str())
         .collect();
-    let recreated_chains = old_chains.iter().zip(&new.chains).filter_map(|(was, is)| was.filter(|w| w.hook != is.hook));
+    let recreated_chains = old_chains
+        .iter()
+        .zip(&new.chains)
+        .filter_map(|(was, is)| was.filter(|w| !Arc::ptr_eq(w, is) && w.hook != is.hook));
     let gone_chains: BTreeSet<&str> = recreated_chains.clone().map(|c| c.name.as_str()).collect();
     let removed_sets: BTreeSet<&str> = removed_sets.iter().map(|s| s.name.as_str()).collect();
     let refers_to_gone = |rule: &Rule| {
@@ -244,13 +247,13 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     }
 
     for (set, old) in new.sets.iter().zip(old_sets) {
-        let old = old.filter(|_| !gone_sets.contains(set.name.as_str()));
+        let old = old.filter(|_| gone_sets.is_empty() || !gone_sets.contains(set.name.as_str()));
         if old.is_none() {
             phases.push(Phase::AddSetsAndChains, Op::AddSet { family, set: declaration(set) });
         }
         // Dynamic sets' elements are the data path's; the same allocation is a
         // set a lowering kept (unless its elements may point at a recreated chain).
-        if set.dynamic_timeout.is_some() || (gone_chains.is_empty() && old.is_some_and(|old| Arc::ptr_eq(old, set))) {
+        if (gone_chains.is_empty() && old.is_some_and(|old| Arc::ptr_eq(old, set))) || set.dynamic_timeout.is_some() {
             continue;
         }
         let old_elements: &[Element] = old.map_or(&[], |old| &old.elements);
@@ -276,7 +279,7 @@ fn diff_table(old: &Table, new: &Table, phases: &mut Phases) {
     }
 
     for (chain, old) in new.chains.iter().zip(old_chains) {
-        let old = old.filter(|_| !gone_chains.contains(chain.name.as_str()));
+        let old = old.filter(|_| gone_chains.is_empty() || !gone_chains.contains(chain.name.as_str()));
         let Some(old) = old else {
             phases.push(Phase::AddSetsAndChains, Op::AddChain { family, chain: chain.name.clone(), hook: chain.hook });
             append_all(family, chain, phases);
