@@ -46,11 +46,6 @@ struct Print {
 }
 
 impl Incremental {
-    /// Parses `files`, reusing the unchanged items of the previous call's parses.
-    pub fn parse(&mut self, files: &[SourceFile]) -> Vec<Result<&File, SyntaxError>> {
-        parse(&mut self.files, files)
-    }
-
     /// Checks `files` as [`check`](super::check) does.
     pub fn check(&mut self, files: &[SourceFile]) -> Result<Checked, Diagnostics> {
         let parsed = parse(&mut self.files, files);
@@ -87,6 +82,7 @@ impl Incremental {
     }
 }
 
+/// Parses `files`, reusing the unchanged items of the previous parses.
 fn parse<'p>(parsed: &'p mut Vec<Parsed>, files: &[SourceFile]) -> Vec<Result<&'p File, SyntaxError>> {
     parsed.resize_with(files.len(), Parsed::default);
     let results: Vec<_> = parsed.iter_mut().zip(files).map(|(p, f)| reparse(p, &f.text)).collect();
