@@ -706,7 +706,7 @@ fn hairpin_partition(element: &Element, partitions: usize) -> usize {
 }
 
 /// The name of one of `partitions` hairpin sets.
-pub fn hairpin_set_name(partition: usize, partitions: usize) -> String {
+fn hairpin_set_name(partition: usize, partitions: usize) -> String {
     if partitions == 1 {
         HAIRPIN.into()
     } else {

@@ -34,7 +34,7 @@ use crate::apply::{Applier, ApplyError};
 /// How often the generation id is compared with ours.
 const DRIFT_POLL: Duration = Duration::from_millis(250);
 /// Quiet time after a change that may be part of a write still going on.
-pub(crate) const DEBOUNCE: Duration = Duration::from_millis(75);
+const DEBOUNCE: Duration = Duration::from_millis(75);
 /// A stream of changes still gets synced this often.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
