@@ -7,7 +7,8 @@
 //! - read-back of our tables (`Applier::reread`: list and decode).
 //!
 //! Needs root, `ip` and `nft`. Run: `cargo bench --bench apply`
-//! (`SVCNFT_SIZES=100,1000,10000`, `SVCNFT_ROUNDS=20`, `SVCNFT_ENDPOINTS=10`;
+//! (`SVCNFT_SIZES=100,1000,10000`, `SVCNFT_ROUNDS=20`, `SVCNFT_ENDPOINTS=10`,
+//! `SVCNFT_READS=5` read-backs, of which the median;
 //! `SVCNFT_AFFINITY_EVERY=1` gives the moved endpoint's service session affinity).
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ fn main() {
         .map(|s| s.trim().parse().expect("SVCNFT_SIZES: numbers"))
         .collect();
     let rounds: u32 = std::env::var("SVCNFT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+    let read_backs: u32 = std::env::var("SVCNFT_READS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     // 1: the moved endpoint's service has session affinity (its rules change).
     let affinity_every: usize =
         std::env::var("SVCNFT_AFFINITY_EVERY").ok().and_then(|r| r.parse().ok()).unwrap_or(Shape::LARGE.affinity_every);
@@ -82,7 +84,7 @@ fn main() {
             operations.push(report.operations);
         }
         let mut reads = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..read_backs {
             let start = Instant::now();
             applier.reread().expect("read-back");
             reads.push(start.elapsed());

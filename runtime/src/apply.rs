@@ -6,9 +6,10 @@
 //! it added are learned, one chain at a time, when a later change needs them.
 //! It touches only the tables named `svcnft`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use svcnft_compiler::diff::{diff, Op, Transaction};
 use svcnft_compiler::policy::Family;
@@ -63,7 +64,7 @@ pub struct ApplyReport {
 #[derive(Debug, Clone, Default)]
 struct Committed {
     ruleset: Arc<Ruleset>,
-    handles: HashMap<(Family, String), Vec<u64>>,
+    handles: FxHashMap<(Family, String), Vec<u64>>,
     generation: u32,
     /// False while a read-back that replaces the state has not succeeded.
     known: bool,
