@@ -7,13 +7,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use smallvec::SmallVec;
 use svcnft_compiler::policy::{Family, Protocol};
 use svcnft_compiler::ruleset::{
     AddrField, BaseHook, Chain, ChainKind, Element, ElementData, Field, Hook, KeyType, MapData, Match, Rule, Set,
     Statement, Table, Value, Verdict, TABLE_NAME,
 };
 
-use crate::netlink::{self as nl, CmpOp, CtKey, Data, DynsetOp, Expr, FibResult, MetaKey, PayloadBase, Reg};
+use crate::netlink::{self as nl, Bytes, CmpOp, CtKey, Data, DynsetOp, Expr, FibResult, MetaKey, PayloadBase, Reg};
 
 const CT_STATE_NEW: u32 = 0x08;
 const CT_STATUS_DNAT: u32 = 0x20;
@@ -79,26 +80,25 @@ fn load_key(family: Family, key: &[Field], out: &mut Vec<Expr>) -> Reg {
     Reg::r32(0)
 }
 
-fn value_bytes(value: &Value) -> Vec<u8> {
+fn value_bytes(value: &Value) -> Bytes {
     match value {
-        Value::Addr(IpAddr::V4(a)) => a.octets().to_vec(),
-        Value::Addr(IpAddr::V6(a)) => a.octets().to_vec(),
+        Value::Addr(a) => addr_bytes(*a),
         Value::Net(n) => addr_bytes(n.network()),
-        Value::Proto(p) => vec![p.number()],
-        Value::Port(p) => p.to_be_bytes().to_vec(),
-        Value::Index(i) => i.to_ne_bytes().to_vec(),
+        Value::Proto(p) => [p.number()].as_slice().into(),
+        Value::Port(p) => p.to_be_bytes().as_slice().into(),
+        Value::Index(i) => i.to_ne_bytes().as_slice().into(),
     }
 }
 
-fn addr_bytes(a: IpAddr) -> Vec<u8> {
+fn addr_bytes(a: IpAddr) -> Bytes {
     match a {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
+        IpAddr::V4(a) => a.octets().as_slice().into(),
+        IpAddr::V6(a) => a.octets().as_slice().into(),
     }
 }
 
-fn u32_reg(v: u32) -> Vec<u8> {
-    v.to_ne_bytes().to_vec()
+fn u32_reg(v: u32) -> Bytes {
+    v.to_ne_bytes().as_slice().into()
 }
 
 /// `load; bitwise (& mask); cmp op 0`-style tests on host-order 32-bit values.
@@ -124,10 +124,10 @@ fn encode_match(family: Family, m: &Match, out: &mut Vec<Expr>) {
                     if prefix % 8 == 0 {
                         let bytes = prefix / 8;
                         out.push(load(family, *field, bytes, r));
-                        out.push(Expr::Cmp { sreg: r, op, data: network[..bytes as usize].to_vec() });
+                        out.push(Expr::Cmp { sreg: r, op, data: network[..bytes as usize].into() });
                     } else {
                         out.push(load(family, *field, full, r));
-                        let xor = vec![0; full as usize];
+                        let xor = Bytes::from_elem(0, full as usize);
                         out.push(Expr::Bitwise { sreg: r, dreg: r, mask: addr_bytes(net.netmask()), xor });
                         out.push(Expr::Cmp { sreg: r, op, data: network });
                     }
@@ -190,7 +190,7 @@ fn encode_statement(family: Family, s: &Statement, out: &mut Vec<Expr>) {
         }
         Statement::Dnat { address, port } => {
             let port_reg = Reg::r32(4);
-            out.push(Expr::Immediate { dreg: r, data: Data::Value(addr_bytes(*address).into()) });
+            out.push(Expr::Immediate { dreg: r, data: Data::Value(addr_bytes(*address)) });
             out.push(Expr::Immediate { dreg: port_reg, data: Data::Value(port.to_be_bytes().as_slice().into()) });
             out.push(dnat(family, r, port_reg));
         }
@@ -292,18 +292,17 @@ pub fn encode_set(family: Family, set: &Set) -> nl::Set {
 }
 
 pub fn encode_element(set: &Set, element: &Element) -> nl::Element {
-    let parts: Vec<Vec<u8>> = element.key.iter().map(value_bytes).collect();
-    let key = if parts.len() == 1 {
-        parts.into_iter().next().unwrap_or_default()
-    } else {
-        nl::concat(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
+    let parts: SmallVec<[Bytes; 3]> = element.key.iter().map(value_bytes).collect();
+    let key = match parts.as_slice() {
+        [one] => one.clone(),
+        _ => nl::concat(&parts.iter().map(Bytes::as_slice).collect::<SmallVec<[&[u8]; 3]>>()),
     };
     debug_assert_eq!(element.key.len(), set.key.len());
     match &element.data {
         Some(ElementData::Verdict(v)) => nl::Element::with_data(key, Data::Verdict(encode_verdict(v))),
         Some(ElementData::Endpoint { address, port }) => {
             let data = nl::concat(&[&addr_bytes(*address), &port.to_be_bytes()]);
-            nl::Element::with_data(key, Data::Value(data.into()))
+            nl::Element::with_data(key, Data::Value(data))
         }
         None => nl::Element::new(key),
     }

@@ -136,7 +136,7 @@ fn goto(c: &str) -> Expr {
 }
 
 fn cmp(op: CmpOp, data: &[u8]) -> Expr {
-    Expr::Cmp { sreg: R0, op, data: data.to_vec() }
+    Expr::Cmp { sreg: R0, op, data: data.into() }
 }
 
 fn meta(key: MetaKey) -> Expr {
@@ -148,7 +148,12 @@ fn payload(base: PayloadBase, offset: u32, len: u32, dreg: Reg) -> Expr {
 }
 
 fn mark_bits(mask: u32, xor: u32) -> Expr {
-    Expr::Bitwise { sreg: R0, dreg: R0, mask: mask.to_ne_bytes().to_vec(), xor: xor.to_ne_bytes().to_vec() }
+    Expr::Bitwise {
+        sreg: R0,
+        dreg: R0,
+        mask: mask.to_ne_bytes().as_slice().into(),
+        xor: xor.to_ne_bytes().as_slice().into(),
+    }
 }
 
 /// `meta mark set (meta mark & mask) ^ xor`.
@@ -279,7 +284,7 @@ fn ip_objects() -> Objects {
             },
             vec![Element::with_data(
                 vec![10, 96, 0, 20],
-                Data::Value(concat(&[&[10, 1, 1, 2], &8443u16.to_be_bytes()]).into()),
+                Data::Value(concat(&[&[10, 1, 1, 2], &8443u16.to_be_bytes()])),
             )],
         ),
         (

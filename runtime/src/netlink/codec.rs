@@ -110,9 +110,14 @@ pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<RawMsg<'_>
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 
+/// Raw bytes as a data attribute's value (what `Data::Value` encodes to).
+pub(crate) fn encode_value(w: &mut Writer, v: &[u8]) {
+    w.put(NFTA_DATA_VALUE, v);
+}
+
 pub(crate) fn encode_data(w: &mut Writer, d: &Data) {
     match d {
-        Data::Value(v) => w.put(NFTA_DATA_VALUE, v),
+        Data::Value(v) => encode_value(w, v),
         Data::Verdict(v) => w.nest(NFTA_DATA_VERDICT, |w| {
             let (code, chain): (i32, Option<&str>) = match v {
                 Verdict::Drop => (0, None),

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::attr::{self, Attrs, Writer};
-use super::codec::{decode_data, encode_data};
-use super::objects::Data;
+use super::codec::{decode_data, encode_data, encode_value};
+use super::objects::{Bytes, Data};
 use super::Error;
 
 /// A kernel register. Rules use the 32-bit registers so that concatenated
@@ -128,14 +128,14 @@ pub enum Expr {
     Cmp {
         sreg: Reg,
         op: CmpOp,
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// `dreg = (sreg & mask) ^ xor`, over `mask.len()` bytes.
     Bitwise {
         sreg: Reg,
         dreg: Reg,
-        mask: Vec<u8>,
-        xor: Vec<u8>,
+        mask: Bytes,
+        xor: Bytes,
     },
     /// With `dreg`, a map lookup (`Reg::VERDICT` for verdict maps).
     Lookup {
@@ -323,14 +323,14 @@ impl Expr {
             Expr::Cmp { sreg, op, data } => {
                 w.be32(1, sreg.0);
                 w.be32(2, index(&CMP_OPS, *op));
-                w.nest(3, |w| encode_data(w, &Data::Value(data.as_slice().into())));
+                w.nest(3, |w| encode_value(w, data));
             }
             Expr::Bitwise { sreg, dreg, mask, xor } => {
                 w.be32(1, sreg.0);
                 w.be32(2, dreg.0);
                 w.be32(3, mask.len() as u32);
-                w.nest(4, |w| encode_data(w, &Data::Value(mask.as_slice().into())));
-                w.nest(5, |w| encode_data(w, &Data::Value(xor.as_slice().into())));
+                w.nest(4, |w| encode_value(w, mask));
+                w.nest(5, |w| encode_value(w, xor));
             }
             Expr::Lookup { set, sreg, dreg, invert } => {
                 w.str(1, set);
@@ -422,9 +422,9 @@ impl Expr {
 
     fn decode_known(name: &str, data: &[u8]) -> Result<Expr, Error> {
         let t = table(data)?;
-        let value = |i: usize, what: &str| -> Result<Vec<u8>, Error> {
+        let value = |i: usize, what: &str| -> Result<Bytes, Error> {
             match decode_data(t[i].ok_or_else(|| Error::Malformed(format!("missing {what}")))?)? {
-                Data::Value(v) => Ok(v.into_vec()),
+                Data::Value(v) => Ok(v),
                 Data::Verdict(_) => Err(Error::Malformed(format!("{what} is a verdict"))),
             }
         };
@@ -527,8 +527,13 @@ mod tests {
             Expr::Payload { dreg: r, base: PayloadBase::Transport, offset: 2, len: 2 },
             Expr::Meta { dreg: r, key: MetaKey::NfProto },
             Expr::MetaSet { key: MetaKey::Mark, sreg: r },
-            Expr::Cmp { sreg: r, op: CmpOp::Gte, data: vec![1, 2] },
-            Expr::Bitwise { sreg: r, dreg: Reg::r32(3), mask: vec![255, 255, 0, 0], xor: vec![0; 4] },
+            Expr::Cmp { sreg: r, op: CmpOp::Gte, data: [1, 2].as_slice().into() },
+            Expr::Bitwise {
+                sreg: r,
+                dreg: Reg::r32(3),
+                mask: [255, 255, 0, 0].as_slice().into(),
+                xor: [0; 4].as_slice().into(),
+            },
             Expr::Lookup { set: "s".into(), sreg: r, dreg: None, invert: true },
             Expr::Immediate { dreg: Reg::VERDICT, data: Data::Verdict(Verdict::Goto("c".into())) },
             Expr::Ct { dreg: r, key: CtKey::Status },

@@ -21,8 +21,8 @@ pub use expr::{
     fib_flags, nat_flags, CmpOp, CtKey, DynsetOp, Expr, FibResult, MetaKey, NatKind, PayloadBase, Reg, RejectKind,
 };
 pub use objects::{
-    concat, numgen_to_address_port_typeof, BaseChain, Chain, ChainType, Data, Element, Family, Hook, KeyType, Policy,
-    Rule, Set, SetData, SetFlags, Table, Verdict,
+    concat, numgen_to_address_port_typeof, BaseChain, Bytes, Chain, ChainType, Data, Element, Family, Hook, KeyType,
+    Policy, Rule, Set, SetData, SetFlags, Table, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -187,8 +187,8 @@ pub fn numgen_to_address_port_typeof(addr: KeyType) -> Vec<u8> {
 
 /// Concatenates key components as the kernel lays them out in registers:
 /// each padded with zeros to a multiple of 4 bytes.
-pub fn concat(parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
+pub fn concat(parts: &[&[u8]]) -> Bytes {
+    let mut out = Bytes::new();
     for p in parts {
         out.extend_from_slice(p);
         out.resize(out.len().next_multiple_of(4), 0);
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn concat_pads_components_to_registers() {
-        assert_eq!(concat(&[&[10, 0, 0, 1], &[6], &[0, 80]]), [10, 0, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
+        assert_eq!(concat(&[&[10, 0, 0, 1], &[6], &[0, 80]]).as_slice(), [10, 0, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
     }
 
     fn hex(text: &str) -> Vec<u8> {
