@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 use svcnft_compiler::lower::HAIRPIN_SET_ADDRESSES;
 use svcnft_compiler::render::render;
@@ -388,6 +389,57 @@ fn a_changed_affinity_timeout_recreates_the_sets_under_unchanged_rules() {
     // The kernel refuses to delete a set that rules still name.
     applier.apply(second.clone()).unwrap();
     assert_eq!(listing(&ns), oracle(&second));
+}
+
+/// How long each client entry of the affinity sets has left to live, from the
+/// kernel's listing (`… timeout 1m40s expires 1m39s998ms`).
+fn affinity_expiries(ns: &TestNs) -> Vec<Duration> {
+    let listing = raw_listing(ns);
+    listing
+        .split("expires ")
+        .skip(1)
+        .map(|rest| {
+            let text = rest.split([' ', ',', '\n', '}']).next().unwrap_or_default();
+            humantime::parse_duration(text).unwrap_or_else(|e| panic!("{text}: {e}\n{listing}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_returning_client_refreshes_its_affinity_entry() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let ns = ns();
+    // The node's own connections to the cluster IP go out through a veth pair
+    // whose other end answers nothing: the first packet passes the nat output
+    // hook, where the affinity rules are, and the connection then times out.
+    for args in [
+        "link add svc0 type veth peer name svc1",
+        "link set svc0 up",
+        "link set svc1 up",
+        "addr add 10.240.0.3/24 dev svc0",
+        "route add 10.96.0.0/16 dev svc0",
+        "route add 10.244.0.0/16 dev svc0",
+    ] {
+        let out = ns.exec("ip", &args.split(' ').collect::<Vec<_>>()).unwrap();
+        assert!(out.status.success(), "ip {args}: {}", stderr(&out));
+    }
+    let mut applier = open(&ns);
+    applier.apply(compile(&check(&AFFINITY.replace("TIMEOUT", "100")), "node-1")).unwrap();
+    let connect = || {
+        let service = "10.96.0.10:80".parse().unwrap();
+        ns.run(move || std::net::TcpStream::connect_timeout(&service, Duration::from_millis(100))).unwrap()
+    };
+    assert!(connect().is_err(), "nothing answers behind the veth pair");
+    let first = affinity_expiries(&ns);
+    assert!(first.len() == 1 && first[0] <= Duration::from_secs(100), "{first:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    // The same client again: its entry is found, and must count from now.
+    assert!(connect().is_err());
+    let refreshed = affinity_expiries(&ns);
+    assert_eq!(refreshed.len(), 1, "the client stays with its endpoint: {refreshed:?}");
+    assert!(refreshed[0] > Duration::from_secs(99), "not refreshed: {refreshed:?} after {first:?}");
 }
 
 #[test]

@@ -423,7 +423,8 @@ impl PortLowering<'_> {
     }
 
     /// Session affinity: each endpoint remembers its clients in a dynamic set, and
-    /// a client found in one goes straight back. Choosing an endpoint must record
+    /// a client found in one goes straight back, as with kube-proxy, whose
+    /// endpoint chain `update`s the set on every connection. Choosing an endpoint must record
     /// it in that endpoint's set, so each endpoint has its own rule: a cascade of
     /// independent draws, where endpoint i is taken with probability 1/(n-i) when
     /// none before it was, which makes every endpoint 1/n.
@@ -450,12 +451,19 @@ impl PortLowering<'_> {
                 name
             })
             .collect();
-        let dnat = |t: &Target| Statement::Dnat { address: t.address, port: t.port.get() };
+        // Every connection to the endpoint, returning or new, refreshes the
+        // client's entry, so the timeout counts from its last connection.
+        let update_dnat = |t: &Target, set: &String| {
+            vec![
+                Statement::Update { set: set.clone(), key: vec![Field::Saddr] },
+                Statement::Dnat { address: t.address, port: t.port.get() },
+            ]
+        };
         let mut rules = Vec::new();
         for (target, set) in targets.iter().zip(&sets) {
             let matches =
                 vec![Match::InSet { key: vec![Field::Saddr], set: set.clone(), negate: false }, proto.clone()];
-            rules.push(Rule::new(matches, vec![dnat(target)]).with_comment(comment));
+            rules.push(Rule::new(matches, update_dnat(target, set)).with_comment(comment));
         }
         let n = targets.len();
         for (i, (target, set)) in targets.iter().zip(&sets).enumerate() {
@@ -464,8 +472,7 @@ impl PortLowering<'_> {
                 matches.push(Match::Numgen { modulus: (n - i) as u32, value: 0 });
             }
             matches.push(proto.clone());
-            let update = Statement::Update { set: set.clone(), key: vec![Field::Saddr] };
-            rules.push(Rule::new(matches, vec![update, dnat(target)]).with_comment(comment));
+            rules.push(Rule::new(matches, update_dnat(target, set)).with_comment(comment));
         }
         rules
     }
