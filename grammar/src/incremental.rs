@@ -33,7 +33,9 @@ pub fn reparse(parsed: &mut Parsed, text: &str) -> Result<usize, SyntaxError> {
     if parsed.text == text {
         return Ok(0);
     }
-    let Some(plan) = plan(parsed, text) else {
+    // A first version has nothing to reuse: it is parsed whole, in parts on
+    // every core, rather than item by item on one.
+    let Some(plan) = (!parsed.text.is_empty()).then(|| plan(parsed, text)).flatten() else {
         parsed.file = parse(text)?;
         replace_text(&mut parsed.text, text);
         return Ok(parsed.file.items.len());
@@ -165,6 +167,19 @@ fn parse_item(text: &str, span: Span) -> Option<Item> {
 /// in it is relative to that.
 fn move_to(item: &mut Item, to: usize) {
     item.span = Span::new(to, to + item.span.end - item.span.start);
+}
+
+/// The spans of the items of `text`, by the byte scan alone; `None` when the
+/// scan meets anything but items, blanks, separators and comments.
+pub(crate) fn item_spans(text: &[u8]) -> Option<Vec<Span>> {
+    let mut spans = Vec::new();
+    let mut at = skip_gap(text, 0);
+    while at < text.len() {
+        let span = item_at(text, at)?;
+        spans.push(span);
+        at = skip_gap(text, span.end);
+    }
+    Some(spans)
 }
 
 /// The span of the item starting at `at`, from its keyword to its closing

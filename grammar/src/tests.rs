@@ -174,3 +174,47 @@ fn unknown_statement_lists_the_statements_of_its_block() {
         "expected end of statement, `}`, `address`, `local-address`, `pod-cidr` or `zone`, found `gateway`"
     );
 }
+
+/// A file of about 300 KiB: items of every kind between blanks, separators,
+/// comments and all three line ends.
+fn large_file() -> String {
+    let mut text = String::from("# a large policy\r\ncluster { service-cidr 10.96.0.0/12 }\n");
+    for i in 0..1500 {
+        text.push_str(&format!(
+            "node n{i} {{ address 10.0.{}.{}; pod-cidr 10.1.0.0/24 }} ; # node {i}\r\
+             service default/s{i} {{\n    cluster-ip 10.96.{}.{}\n    port 80/tcp # web\n}}\r\n\n\
+             endpoints default/s{i} {{ endpoint 10.1.0.{} node n{i} }}\n",
+            i / 256,
+            i % 256,
+            i / 256,
+            i % 256,
+            i % 250 + 1,
+        ));
+    }
+    assert!(text.len() > PARSE_IN_PARTS_ABOVE);
+    text
+}
+
+#[test]
+fn a_large_file_parses_in_parts_to_what_it_parses_whole() {
+    let text = large_file();
+    let whole = parse_whole(&text).unwrap();
+    assert_eq!(whole.items.len(), 4501);
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert_eq!(in_parts(&text).expect("the file splits into items"), whole);
+    }
+    assert_eq!(parse(&text).unwrap(), whole);
+}
+
+#[test]
+fn a_large_file_with_an_error_reports_what_the_whole_parse_does() {
+    let text = large_file();
+    // An error in the last part, then one in the first: the first is reported.
+    let late = format!("{text}service default/x {{ port 80/tcp\n");
+    assert_eq!(parse(&late), parse_whole(&late));
+    assert!(parse(&late).is_err());
+    let both = format!("node bad {{ address }}\n{late}");
+    let error = parse(&both).unwrap_err();
+    assert_eq!(Err(error.clone()), parse_whole(&both));
+    assert!(error.span.start < 30, "{error:?}");
+}
