@@ -441,9 +441,10 @@ struct Categories<'a> {
 fn categorize<'a>(policy: &Policy, node: &Node, svc: &Service, endpoints: &[&'a Endpoint]) -> Categories<'a> {
     let external_local = svc.externally_accessible() && svc.external_traffic_policy == TrafficPolicy::Local;
     let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
-    // kube-proxy's `UsesClusterEndpoints`, less the case where nothing would reach
-    // the cluster-wide chain (a ClusterIP service with internal policy local).
-    let uses_cluster = !internal_local || (svc.externally_accessible() && !external_local);
+    // kube-proxy's `UsesClusterEndpoints`: an externally accessible service needs
+    // the cluster-wide set even when both policies are local, since pods and the
+    // node reaching its external addresses are short-circuited to it.
+    let uses_cluster = !internal_local || svc.externally_accessible();
     let uses_local = external_local || internal_local;
     let is_local = |e: &Endpoint| e.node.as_deref() == Some(node.name.as_str());
 

@@ -187,19 +187,25 @@ fn internal_local_without_local_endpoints_drops_cluster_ip_traffic() {
     assert!(on_node_2.cluster_endpoints.is_empty(), "internal local alone uses no cluster-wide set");
 }
 
+/// kube-proxy's `UsesClusterEndpoints`: "Even if the external traffic policy is
+/// Local, we need Cluster endpoints to implement short circuiting."
 #[test]
-fn both_policies_local_do_not_short_circuit() {
+fn both_policies_local_still_short_circuit_pods_and_the_node_to_every_endpoint() {
     let policy = format!(
-        "{}\nendpoints default/np {{ endpoint 10.244.1.5 node node-1 }}",
+        "{}\nendpoints default/np {{ endpoint 10.244.1.5 node node-1; endpoint 10.244.2.5 node node-2 }}",
         LOCAL_NP
             .replace("external-traffic-policy local", "external-traffic-policy local\ninternal-traffic-policy local")
     );
-    let p = port(&policy, "node-1");
-    assert!(p.cluster_endpoints.is_empty());
-    match p.external {
-        Some(ExternalRoute::Chain(chain)) => assert!(!chain.short_circuit),
-        other => panic!("expected an external chain, got {other:?}"),
+    for node in ["node-1", "node-3"] {
+        let p = port(&policy, node);
+        assert_eq!(addrs(&p.cluster_endpoints), ["10.244.1.5:8080", "10.244.2.5:8080"], "{node}");
+        match p.external {
+            Some(ExternalRoute::Chain(chain)) => assert!(chain.short_circuit, "{node}"),
+            other => panic!("expected an external chain, got {other:?}"),
+        }
     }
+    assert_eq!(port(&policy, "node-1").internal, Route::To(EndpointSet::Local));
+    assert_eq!(port(&policy, "node-3").internal, Route::Refuse(Refusal::Drop));
 }
 
 #[test]

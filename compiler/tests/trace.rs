@@ -560,13 +560,16 @@ fn both_traffic_policies() {
             ("node-3", "10.244.3.9", "10.240.0.5:30104", "tcp", &format!("dnat {both} masq seen 10.240.0.5")),
             ("node-3", "10.244.3.9", "10.96.0.36:80", "tcp", "drop"),
             ("node-1", "10.244.1.9", "10.96.0.36:80", "tcp", "dnat 10.244.1.36:8080 masq seen 10.244.1.1"),
-            // Both local: no cluster-wide set, so no short-circuit either.
+            // Both local: outside clients only reach local endpoints, but pods and
+            // the node are still short-circuited to every endpoint, as with
+            // kube-proxy (its `UsesClusterEndpoints` keeps the cluster-wide set
+            // for any externally accessible service).
             ("node-1", OUTSIDE, "10.240.0.3:30105", "tcp", &format!("dnat 10.244.1.37:8080 seen {OUTSIDE}")),
             ("node-1", "10.244.1.9", "10.240.0.3:30105", "tcp", "dnat 10.244.1.37:8080 seen 10.244.1.9"),
-            ("node-1", "10.240.0.3", "10.240.0.3:30105", "tcp", "dnat 10.244.1.37:8080 seen 10.240.0.3"),
+            ("node-1", "10.240.0.3", "10.240.0.3:30105", "tcp", "dnat 10.244.1.37:8080 masq seen 10.244.1.1"),
             ("node-3", OUTSIDE, "10.240.0.5:30105", "tcp", "drop"),
-            ("node-3", "10.244.3.9", "10.240.0.5:30105", "tcp", "drop"),
-            ("node-3", "10.240.0.5", "10.240.0.5:30105", "tcp", "drop"),
+            ("node-3", "10.244.3.9", "10.240.0.5:30105", "tcp", "dnat 10.244.1.37:8080 seen 10.244.3.9"),
+            ("node-3", "10.240.0.5", "10.240.0.5:30105", "tcp", "dnat 10.244.1.37:8080 masq seen 10.240.0.5"),
             ("node-3", "10.244.3.9", "10.96.0.37:80", "tcp", "drop"),
             // masquerade-all is about cluster IPs: eTP local keeps the client.
             ("node-1", OUTSIDE, "10.240.0.3:30106", "tcp", &format!("dnat 10.244.1.38:8080 seen {OUTSIDE}")),
