@@ -407,3 +407,29 @@ fn removing_a_udp_endpoint_deletes_its_flows() {
         .unwrap_or_else(|| panic!("the removed endpoint's flows are deleted:\n{}", agent.log()));
     assert!(flows_to("10.244.1.5") > 0, "the remaining endpoint's flows stay");
 }
+
+#[test]
+fn a_udp_flow_that_started_before_its_service_is_deleted() {
+    // Not the DNS service yet (another one, so that the table and conntrack are
+    // there): the client's packets leave without DNAT, and conntrack would
+    // keep its later ones on that path.
+    let other = "service default/web { cluster-ip 10.96.0.20; port 80/tcp }\n\
+                 endpoints default/web { endpoint 10.244.1.6 node node-1 }\n";
+    let before = format!("{}{other}", UDP_POLICY.split("service ").next().unwrap());
+    let Some((node, agent)) = started("udp-before", &before) else { return };
+    for args in [["route", "add", "10.96.0.0/16", "dev", "n0"], ["route", "add", "10.244.0.0/16", "dev", "n0"]] {
+        assert!(node.ns.exec("ip", &args).unwrap().status.success());
+    }
+    within(Duration::from_secs(2), || has(&node, "10.96.0.20")).unwrap_or_else(|| panic!("{}", agent.log()));
+    let undnated = || {
+        let out = node.ns.exec("cat", &["/proc/net/nf_conntrack"]).unwrap();
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        table.lines().filter(|l| l.matches("10.96.0.10").count() == 2).count()
+    };
+    node.ns.run(|| std::net::UdpSocket::bind("0.0.0.0:0").unwrap().send_to(b"q", "10.96.0.10:53").unwrap()).unwrap();
+    assert_eq!(undnated(), 1, "a flow to the address itself");
+
+    node.write_policy(&(UDP_POLICY.replace("ENDPOINTS", "endpoint 10.244.1.5 node node-1") + other));
+    within(Duration::from_secs(1), || undnated() == 0)
+        .unwrap_or_else(|| panic!("the flow that missed the DNAT is deleted:\n{}", agent.log()));
+}

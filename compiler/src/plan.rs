@@ -150,6 +150,9 @@ pub struct PortPlan {
     pub external: Option<ExternalRoute>,
     /// Every endpoint address of this family, usable or not: hairpin candidates.
     pub all_endpoint_addresses: Vec<IpAddr>,
+    /// Addresses of this family's serving endpoints (ready, or terminating and
+    /// serving) on any node: the only ones a UDP flow to the service may reach.
+    pub serving_endpoint_addresses: Vec<IpAddr>,
 }
 
 impl PortPlan {
@@ -390,6 +393,8 @@ fn plan_port(
     let allow_from_lb_ips =
         !source_ranges.is_empty() && node.addresses.iter().any(|a| source_ranges.iter().any(|r| r.contains(a)));
     let all_endpoint_addresses: BTreeSet<IpAddr> = endpoints.iter().map(|e| e.address).collect();
+    let serving_endpoint_addresses: BTreeSet<IpAddr> =
+        usable.iter().filter(|e| e.conditions.ready || e.conditions.serving_terminating()).map(|e| e.address).collect();
 
     PortPlan {
         id: PortId { service: svc.name.clone(), port: port.port.get(), protocol: port.protocol },
@@ -405,6 +410,7 @@ fn plan_port(
         internal,
         external,
         all_endpoint_addresses: all_endpoint_addresses.into_iter().collect(),
+        serving_endpoint_addresses: serving_endpoint_addresses.into_iter().collect(),
     }
 }
 

@@ -234,6 +234,7 @@ mod generated {
                     local_endpoints: local,
                     internal,
                     external,
+                    serving_endpoint_addresses: all_endpoint_addresses.clone(),
                     all_endpoint_addresses,
                 }
             },

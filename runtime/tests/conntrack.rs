@@ -1,8 +1,8 @@
-//! Deleting the UDP flows of a removed endpoint, with a real flow through DNAT.
+//! Deleting stale UDP flows, with real flows: through DNAT, and one that missed it.
 
 use std::net::UdpSocket;
 
-use svcnft_runtime::agent::{remove_flows, StaleEndpoint};
+use svcnft_runtime::agent::{remove_flows, UdpService};
 use svcnft_runtime::netlink::Conntrack;
 use svcnft_runtime::testns::{kernel_tests_enabled, TestNs};
 
@@ -30,7 +30,7 @@ fn proc_conntrack(ns: &TestNs) -> String {
 }
 
 #[test]
-fn removes_only_the_flows_of_the_removed_endpoint() {
+fn removes_the_flows_no_serving_endpoint_answers() {
     if !kernel_tests_enabled() {
         return;
     }
@@ -39,34 +39,40 @@ fn removes_only_the_flows_of_the_removed_endpoint() {
         assert!(ns.exec("ip", args).unwrap().status.success(), "ip {args:?}");
     }
     ns.nft(&["-f", "-"], Some(DNAT)).expect("dnat rules");
+    // Port 55 has no rule yet: its flow goes out undisturbed, as a client's
+    // does when it talks to a service before the service has endpoints.
     ns.run(|| {
         let client = UdpSocket::bind("0.0.0.0:0").unwrap();
-        client.send_to(b"q", "10.96.0.10:53").unwrap();
-        client.send_to(b"q", "10.96.0.10:54").unwrap();
+        for port in [53, 54, 55] {
+            client.send_to(b"q", ("10.96.0.10", port)).unwrap();
+        }
     })
     .unwrap();
     let before = proc_conntrack(&ns);
     let flow_to = |table: &str, port: &str| {
         table.lines().any(|l| l.contains("dst=10.96.0.10 sport=") && l.contains(&format!("dport={port} ")))
     };
-    assert!(flow_to(&before, "53") && flow_to(&before, "54"), "{before}");
+    assert!(["53", "54", "55"].iter().all(|p| flow_to(&before, p)), "{before}");
 
-    let stale = StaleEndpoint {
-        destinations: vec!["10.96.0.10:53".parse().unwrap()],
+    let service = |port: u16, serving: &str| UdpService {
+        destinations: vec![format!("10.96.0.10:{port}").parse().unwrap()],
         node_port: None,
-        endpoint: "10.244.1.5:5353".parse().unwrap(),
+        serving: vec![serving.parse().unwrap()],
     };
+    // Port 53's endpoint was removed (10.244.1.6 serves now); port 54's still
+    // serves; port 55 now has a serving endpoint that its flow never reached.
+    let services = [service(53, "10.244.1.6"), service(54, "10.244.1.6"), service(55, "10.244.1.5")];
     let (removed, left) = ns
         .run(|| {
-            let removed = remove_flows(&[stale]).expect("ctnetlink");
+            let removed = remove_flows(&services).expect("ctnetlink");
             let left = Conntrack::open().unwrap().flows(libc::AF_INET as u8).unwrap();
             (removed, left)
         })
         .unwrap();
-    assert_eq!(removed, 1);
+    assert_eq!(removed, 2);
     let after = proc_conntrack(&ns);
-    assert!(!flow_to(&after, "53"), "{after}");
-    assert!(flow_to(&after, "54"), "the other endpoint's flow stays: {after}");
+    assert!(!flow_to(&after, "53") && !flow_to(&after, "55"), "{after}");
+    assert!(flow_to(&after, "54"), "the serving endpoint's flow stays: {after}");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].reply.source, "10.244.1.6:5353".parse().unwrap());
     assert_eq!(left[0].original.destination, "10.96.0.10:54".parse().unwrap());

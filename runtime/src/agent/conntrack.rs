@@ -1,79 +1,76 @@
-//! UDP flows to endpoints that are gone: without help, conntrack keeps sending a
-//! UDP client's packets to the removed endpoint for as long as it keeps talking.
+//! UDP flows that conntrack would keep on a path the rules no longer take. A
+//! UDP "connection" lives as long as its client keeps talking, so without help a
+//! client keeps reaching a removed endpoint, or, if it talked to a node port or
+//! service address before the service had endpoints, keeps missing the DNAT.
+//!
+//! As kube-proxy's `CleanStaleEntries`: a UDP flow to a service's address and
+//! port, or to its node port on any address, is stale unless it is answered by
+//! one of the service's serving endpoints, on any node.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use svcnft_compiler::plan::{PortId, PortPlan, Target};
-use svcnft_compiler::policy::{Family, Protocol};
+use svcnft_compiler::plan::PortPlan;
+use svcnft_compiler::policy::Protocol;
 use svcnft_compiler::NodePlan;
 
 use crate::netlink::{self as nl, Conntrack, Flow};
 
-/// The flows of one removed endpoint of one UDP service port.
+/// One UDP service port: where its flows go and who may answer them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaleEndpoint {
+pub struct UdpService {
     /// Service addresses and port: cluster IP, external and load-balancer IPs.
     pub destinations: Vec<SocketAddr>,
     /// Any address of the node on this port.
     pub node_port: Option<u16>,
-    pub endpoint: SocketAddr,
+    /// The addresses of the serving endpoints: a flow answered by any other
+    /// address (a removed endpoint, or the destination itself when the flow was
+    /// never DNATed) is stale.
+    pub serving: Vec<IpAddr>,
 }
 
-impl StaleEndpoint {
-    fn matches(&self, flow: &Flow) -> bool {
-        flow.original.protocol == libc::IPPROTO_UDP as u8
-            && flow.reply.source == self.endpoint
-            && (self.destinations.contains(&flow.original.destination)
-                || self.node_port == Some(flow.original.destination.port()))
-    }
-}
-
-/// Endpoints of UDP service ports that `old` used and `new` does not.
-pub fn stale_udp_endpoints(old: &NodePlan, new: &NodePlan) -> Vec<StaleEndpoint> {
-    let used = |port: &PortPlan| -> BTreeSet<Target> {
-        port.cluster_endpoints.iter().chain(&port.local_endpoints).copied().collect()
-    };
-    // A port plan both plans share is unchanged; the others are looked up by id:
-    // scanning the new plan for each old port was quadratic.
-    let shared: HashSet<*const PortPlan> = udp(new).map(|(_, p)| Arc::as_ptr(p)).collect();
-    let mut now: Option<HashMap<(Family, &PortId), &PortPlan>> = None;
-    let mut stale = Vec::new();
-    for (family, port) in udp(old).filter(|(_, p)| !shared.contains(&Arc::as_ptr(p))) {
-        let now = now.get_or_insert_with(|| udp(new).map(|(family, p)| ((family, &p.id), &**p)).collect());
-        let still: BTreeSet<Target> = now.get(&(family, &port.id)).map_or_else(BTreeSet::new, |p| used(p));
+impl UdpService {
+    fn of(port: &PortPlan) -> Self {
         let addresses = std::iter::once(&port.cluster_ip).chain(&port.external_ips).chain(&port.load_balancer_ips);
-        let destinations: Vec<SocketAddr> = addresses.map(|a: &IpAddr| SocketAddr::new(*a, port.id.port)).collect();
-        for endpoint in used(port).difference(&still) {
-            stale.push(StaleEndpoint {
-                destinations: destinations.clone(),
-                node_port: port.node_port.map(|p| p.get()),
-                endpoint: endpoint.socket_addr(),
-            });
+        UdpService {
+            destinations: addresses.map(|a| SocketAddr::new(*a, port.id.port)).collect(),
+            node_port: port.node_port.map(|p| p.get()),
+            serving: port.serving_endpoint_addresses.clone(),
         }
     }
-    stale
+
+    fn is_stale(&self, flow: &Flow) -> bool {
+        flow.original.protocol == libc::IPPROTO_UDP as u8
+            && (self.destinations.contains(&flow.original.destination)
+                || self.node_port == Some(flow.original.destination.port()))
+            && !self.serving.contains(&flow.reply.source.ip())
+    }
 }
 
-/// The UDP ports of a plan, with their family.
-fn udp(plan: &NodePlan) -> impl Iterator<Item = (Family, &Arc<PortPlan>)> {
-    plan.families
-        .iter()
-        .flat_map(|f| f.ports.iter().map(move |p| (f.family, p)))
-        .filter(|(_, p)| p.id.protocol == Protocol::Udp)
+/// The UDP service ports of `new` whose flows may have gone stale: every one
+/// after a start (`old` is `None`: flows outlive the agent), else those whose
+/// plan changed. A port plan both plans share is unchanged.
+pub fn udp_services_to_clean(old: Option<&NodePlan>, new: &NodePlan) -> Vec<UdpService> {
+    let shared: HashSet<*const PortPlan> = old.map_or_else(HashSet::new, |old| udp(old).map(Arc::as_ptr).collect());
+    udp(new).filter(|p| !shared.contains(&Arc::as_ptr(p))).map(|p| UdpService::of(p)).collect()
 }
 
-/// Deletes the flows of `stale` endpoints; returns how many.
-pub fn remove_flows(stale: &[StaleEndpoint]) -> Result<usize, nl::Error> {
-    if stale.is_empty() {
+/// The UDP ports of a plan.
+fn udp(plan: &NodePlan) -> impl Iterator<Item = &Arc<PortPlan>> {
+    plan.families.iter().flat_map(|f| &f.ports).filter(|p| p.id.protocol == Protocol::Udp)
+}
+
+/// Deletes the stale flows of `services`; returns how many.
+pub fn remove_flows(services: &[UdpService]) -> Result<usize, nl::Error> {
+    if services.is_empty() {
         return Ok(0);
     }
     let mut conntrack = Conntrack::open()?;
     let mut removed = 0;
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for flow in conntrack.flows(family)? {
-            if stale.iter().any(|s| s.matches(&flow)) {
+            if services.iter().any(|s| s.is_stale(&flow)) {
                 conntrack.delete(&flow)?;
                 removed += 1;
             }
@@ -95,6 +92,7 @@ mod tests {
 
     const POLICY: &str = "cluster { cluster-cidr 10.244.0.0/16 }
 node node-1 { address 10.240.0.3; pod-cidr 10.244.1.0/24 }
+node node-2 { address 10.240.0.4; pod-cidr 10.244.2.0/24 }
 service kube-system/dns {
     type node-port
     cluster-ip 10.96.0.10
@@ -108,19 +106,35 @@ endpoints kube-system/dns {
 }
 ";
 
+    fn dns(endpoint: &str) -> NodePlan {
+        plan(&POLICY.replace("ENDPOINT", endpoint))
+    }
+
     #[test]
-    fn a_removed_udp_endpoint_is_stale_with_every_service_destination() {
-        let old = plan(&POLICY.replace("ENDPOINT", "endpoint 10.244.1.3 node node-1"));
-        let new = plan(&POLICY.replace("ENDPOINT", ""));
-        let stale = stale_udp_endpoints(&old, &new);
+    fn every_udp_port_is_cleaned_after_a_start_and_only_changed_ones_after() {
+        let old = dns("endpoint 10.244.1.3 node node-1");
+        let all = udp_services_to_clean(None, &old);
         assert_eq!(
-            stale,
-            [StaleEndpoint {
+            all,
+            [UdpService {
                 destinations: vec!["10.96.0.10:53".parse().unwrap(), "192.0.2.10:53".parse().unwrap()],
                 node_port: Some(30053),
-                endpoint: "10.244.1.3:5353".parse().unwrap(),
-            }]
+                serving: vec!["10.244.1.2".parse().unwrap(), "10.244.1.3".parse().unwrap()],
+            }],
+            "the TCP port has no flows to clean"
         );
-        assert!(stale_udp_endpoints(&new, &old).is_empty(), "an added endpoint leaves nothing stale");
+        assert!(udp_services_to_clean(Some(&old), &old).is_empty(), "nothing changed");
+        let new = dns("");
+        let changed = udp_services_to_clean(Some(&old), &new);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].serving, ["10.244.1.2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn serving_endpoints_anywhere_count_and_not_ready_ones_do_not() {
+        let new = dns("endpoint 10.244.2.3 node node-2\n    endpoint 10.244.1.4 node node-1 not-ready");
+        let [service] = <[UdpService; 1]>::try_from(udp_services_to_clean(None, &new)).unwrap();
+        let serving: Vec<IpAddr> = ["10.244.1.2", "10.244.2.3"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(service.serving, serving);
     }
 }

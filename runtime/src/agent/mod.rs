@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use conntrack::{remove_flows, stale_udp_endpoints, StaleEndpoint};
+pub use conntrack::{remove_flows, udp_services_to_clean, UdpService};
 pub use health::HealthServers;
 pub use http::HEADER_READ_TIMEOUT;
 pub use metrics::{Metrics, SyncKind};

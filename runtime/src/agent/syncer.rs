@@ -10,7 +10,7 @@ use svcnft_compiler::lower::Lowering;
 use svcnft_compiler::plan::{HealthCheck, Planning};
 use svcnft_compiler::{NodePlan, PlanError, Ruleset, SourceFile};
 
-use super::conntrack::{remove_flows, stale_udp_endpoints};
+use super::conntrack::{remove_flows, udp_services_to_clean};
 use super::metrics::{Metrics, SyncKind};
 use super::state::Status;
 use crate::apply::{Applier, ApplyError, ApplyReport};
@@ -106,13 +106,13 @@ impl Syncer {
             }
             let compiled = self.compile(files)?;
             let report = self.applier.apply(compiled.ruleset.clone())?;
-            let previous = self.good.replace(compiled);
-            if let (Some(old), Some(new)) = (previous, &self.good) {
-                match remove_flows(&stale_udp_endpoints(&old.plan, &new.plan)) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(flows = n, "removed UDP flows to removed endpoints"),
-                    Err(e) => tracing::warn!(error = %e, "cannot remove UDP flows to removed endpoints"),
-                }
+            // After the commit: from now on the rules send new flows right.
+            let stale = udp_services_to_clean(self.good.as_ref().map(|g| &g.plan), &compiled.plan);
+            self.good = Some(compiled);
+            match remove_flows(&stale) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(flows = n, "removed stale UDP flows"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove stale UDP flows"),
             }
             Ok(report)
         });
