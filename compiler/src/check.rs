@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 use svcnft_grammar::{
-    ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, File, Item, ItemKind, NodeStmt, PortOption, PortStmt,
-    QualifiedName, ServiceStmt, Span, Stmt, SyntaxError, Word,
+    BrokenItem, ClusterStmt, EndpointOption, EndpointStmt, EndpointsStmt, File, Item, ItemKind, NodeStmt, PortOption,
+    PortStmt, QualifiedName, Recovered, ServiceStmt, Span, Stmt, Word,
 };
 
 use crate::diagnostics::{Diagnostics, Severity, SourceFile};
@@ -38,39 +38,38 @@ const MAX_AFFINITY_TIMEOUT: u64 = 86400;
 const MAX_NAME: usize = 63;
 const MAX_NODE_NAME: usize = 253;
 
-/// Parses and checks the files of one policy together.
+/// Parses and checks the files of one policy together, reporting every error:
+/// the syntax error of each item that does not parse, and what the checks find
+/// in the items that do.
 pub fn check(files: &[SourceFile]) -> Result<Checked, Diagnostics> {
-    let parsed: Vec<_> = files.iter().map(|file| svcnft_grammar::parse(&file.text)).collect();
-    check_parsed(parsed.iter().map(Result::as_ref))
+    let parsed: Vec<_> = files.iter().map(|file| svcnft_grammar::parse_recovering(&file.text)).collect();
+    check_linked(parsed.iter().map(Result::as_ref)).0
 }
 
-/// Checks the parses of a policy's files, in file order.
-///
-/// Syntax errors are reported for every file that has one; the semantic checks run
-/// only when all files parse, since a half-read policy would give misleading errors
-/// about missing nodes or services.
-pub fn check_parsed<'a>(
-    parsed: impl IntoIterator<Item = Result<&'a File, &'a SyntaxError>>,
-) -> Result<Checked, Diagnostics> {
-    check_linked(parsed).0
-}
-
-/// [`check_parsed`], and, for a valid policy, what an incremental check of the
-/// next edit needs to know of this one.
+/// Checks the parses of a policy's files, in file order, and, for a valid
+/// policy, says what an incremental check of the next edit needs to know of
+/// this one. The checks skip what follows only from a broken item: a node or
+/// service it declared is not reported missing, and without the cluster block
+/// node ports are not held to a range.
 fn check_linked<'a>(
-    parsed: impl IntoIterator<Item = Result<&'a File, &'a SyntaxError>>,
+    parsed: impl IntoIterator<Item = Result<&'a File, &'a Recovered>>,
 ) -> (Result<Checked, Diagnostics>, Option<Links>) {
     let mut checker = Checker::default();
     let mut items: Vec<(usize, &Item)> = Vec::new();
     for (index, file) in parsed.into_iter().enumerate() {
-        match file {
-            Ok(ast) => items.extend(ast.items.iter().map(|item| (index, item))),
-            Err(e) => checker.diags.push(Severity::Error, index, e.span, e.message.clone()),
-        }
+        let ast = match file {
+            Ok(ast) => ast,
+            Err(recovered) => {
+                for e in &recovered.errors {
+                    checker.diags.push(Severity::Error, index, e.span, e.message.clone());
+                }
+                checker.broken.extend(&recovered.broken);
+                &recovered.file
+            }
+        };
+        items.extend(ast.items.iter().map(|item| (index, item)));
     }
-    if checker.diags.errors() == 0 {
-        checker.policy(&items);
-    }
+    checker.policy(&items);
     let mut diags = checker.diags;
     diags.sort();
     if diags.errors() > 0 {
@@ -138,6 +137,32 @@ struct Checker<'a> {
     with_endpoints: FxHashSet<usize>,
     /// Per service (by index): the spans of target ports given as names.
     named_targets: Vec<Vec<(usize, Origin)>>,
+    /// What the items that did not parse declared.
+    broken: Broken<'a>,
+}
+
+/// The declarations of items with syntax errors, which the checks must not
+/// report as missing.
+#[derive(Default)]
+struct Broken<'a> {
+    nodes: FxHashSet<&'a str>,
+    /// As written, `namespace/name`.
+    services: FxHashSet<&'a str>,
+    cluster: bool,
+}
+
+impl<'a> Broken<'a> {
+    fn extend(&mut self, items: &'a [BrokenItem]) {
+        for item in items {
+            let name = item.name.as_deref().unwrap_or_default();
+            match item.keyword.as_str() {
+                "cluster" => self.cluster = true,
+                "node" => _ = self.nodes.insert(name),
+                "service" => _ = self.services.insert(name),
+                _ => {}
+            }
+        }
+    }
 }
 
 impl<'a> Checker<'a> {
@@ -561,7 +586,7 @@ impl<'a> Checker<'a> {
     /// Checks a node port against the range and claims it for `service`.
     fn claim_node_port(&mut self, service: NameRef<'a>, protocol: Protocol, port: NonZeroU16, span: Span, what: &str) {
         let (first, last) = self.out.cluster.node_port_range;
-        if !(first..=last).contains(&port.get()) {
+        if !(first..=last).contains(&port.get()) && !self.broken.cluster {
             self.error(span, format!("{what} {port} is outside the node-port-range {first}-{last}"));
             return;
         }
@@ -615,7 +640,9 @@ impl<'a> Checker<'a> {
         let index = self.service_index.get(&NameRef::of(q)).copied();
         let name = if index.is_some() { Some(NameRef::of(q)) } else { self.service_name(q) };
         match (name, index) {
-            (Some(n), None) => self.error(q.span, format!("no service `{n}` is declared for these endpoints")),
+            (Some(n), None) if !self.broken.services.contains(format!("{n}").as_str()) => {
+                self.error(q.span, format!("no service `{n}` is declared for these endpoints"));
+            }
             (Some(n), Some(i)) if !self.with_endpoints.insert(i) => {
                 self.error(q.span, format!("service `{n}` already has an `endpoints` block"));
             }
@@ -742,7 +769,9 @@ impl<'a> Checker<'a> {
             return Some(name.clone());
         }
         let name = self.name(w, "node name", MAX_NODE_NAME)?;
-        self.error(w.span, format!("node `{name}` is not declared"));
+        if !self.broken.nodes.contains(name) {
+            self.error(w.span, format!("node `{name}` is not declared"));
+        }
         Some(name.into())
     }
 

@@ -126,6 +126,32 @@ fn syntax_errors_are_reported_for_every_file() {
     assert!(out.contains("\nb.svc:2:1: error: "), "{out}");
 }
 
+/// "All errors in a policy are reported, not just the first": each broken item
+/// reports its syntax error, the items that parse are checked, and nothing is
+/// reported missing because its declaration is broken.
+#[test]
+fn every_error_is_reported_syntax_and_semantic_alike() {
+    let out = invalid(&[
+        (
+            "a.svc",
+            "cluster {\n    node-port-range 20000-20999\n    nonsense\n}\n\
+             node n1 { address 10.0.0.1; pod-cidr 10.1.0.0/24 }\n\
+             service a/web {\n    cluster-ip 10.96.0.1\n    port 80/tcp\n    bogus 1\n}\n\
+             endpoints a/web { endpoint 10.1.0.5 node n1 }\n\
+             service a/np {\n    type node-port\n    cluster-ip 10.96.0.2\n    port 80/xyz node-port 20080\n}\n",
+        ),
+        (
+            "b.svc",
+            "node n2 { address 10.0.0.2 } }\n\
+             endpoints a/gone { endpoint 10.1.0.6 node n2 }\n\
+             endpoints a/np { endpoint 10.1.0.7 node n3 }\n",
+        ),
+    ]);
+    insta::with_settings!({ snapshot_path => "../../snapshots/diagnostics", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("every_error", out);
+    });
+}
+
 #[test]
 fn named_target_without_endpoint_port_is_a_warning() {
     let files = files(&[(

@@ -184,14 +184,14 @@ pub(crate) fn item_spans(text: &[u8]) -> Option<Vec<Span>> {
 
 /// The span of the item starting at `at`, from its keyword to its closing
 /// brace; `None` when no brace-closed item starts there.
-fn item_at(bytes: &[u8], at: usize) -> Option<Span> {
+pub(crate) fn item_at(bytes: &[u8], at: usize) -> Option<Span> {
     let open = find_brace(bytes, at, b'{')?;
     let close = find_brace(bytes, open + 1, b'}')?;
     Some(Span::new(at, close + 1))
 }
 
 /// The first byte at or after `at` that is not a blank, a separator or in a comment.
-fn skip_gap(bytes: &[u8], mut at: usize) -> usize {
+pub(crate) fn skip_gap(bytes: &[u8], mut at: usize) -> usize {
     while let Some(&b) = bytes.get(at) {
         match b {
             b' ' | b'\t' | b'\r' | b'\n' | b';' => at += 1,

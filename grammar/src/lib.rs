@@ -193,6 +193,86 @@ pub fn parse(text: &str) -> Result<File, SyntaxError> {
     }
 }
 
+/// A file with syntax errors, read as far as it goes: the items that parse, the
+/// first error of every item that does not, and what those items declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub file: File,
+    /// In file order; the first is the one [`parse`] reports.
+    pub errors: Vec<SyntaxError>,
+    /// The items that did not parse, as far as their first line tells.
+    pub broken: Vec<BrokenItem>,
+}
+
+/// What an item that does not parse declared, read from the line of its `{`
+/// (where the language puts an item's keyword and name), so that a checker
+/// can tell a name that is missing from one whose declaration is broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenItem {
+    pub keyword: String,
+    /// The word after the keyword, if any (a node or `namespace/name`).
+    pub name: Option<String>,
+}
+
+/// Parses one file, and when it has syntax errors, every item that the byte scan
+/// of [`incremental`] finds alone, so that each broken item reports its own
+/// error and the others can still be checked. Where the scan finds no item
+/// (as after a missing `}`), the rest of the file gives one error.
+pub fn parse_recovering(text: &str) -> Result<File, Recovered> {
+    let first = match parse(text) {
+        Ok(file) => return Ok(file),
+        Err(e) => e,
+    };
+    let bytes = text.as_bytes();
+    let mut out = Recovered::default();
+    let mut at = incremental::skip_gap(bytes, 0);
+    while at < bytes.len() {
+        // An item the scan does not find (a missing or stray brace) runs to the
+        // next line that starts with an item's keyword.
+        let end = incremental::item_at(bytes, at).map_or_else(|| next_item_line(text, at), |s| s.end);
+        match parse_whole(&text[at..end]) {
+            Ok(File { items }) => out.file.items.extend(items.into_iter().map(|mut item| {
+                item.span = Span::new(item.span.start + at, item.span.end + at);
+                item
+            })),
+            Err(e) => {
+                out.errors.push(SyntaxError { span: Span::new(e.span.start + at, e.span.end + at), ..e });
+                out.broken.push(BrokenItem::of(&text[at..end]));
+            }
+        }
+        at = incremental::skip_gap(bytes, end);
+    }
+    // The whole parse's error reads as it always has.
+    match out.errors.first_mut() {
+        Some(e) if e.span.start == first.span.start => *e = first,
+        _ => out.errors.insert(0, first),
+    }
+    Err(out)
+}
+
+/// The start of the first line after the one holding `at` whose first word is
+/// an item's keyword, or the end of `text`.
+fn next_item_line(text: &str, at: usize) -> usize {
+    let mut start = at;
+    while let Some(newline) = text[start..].find('\n') {
+        start += newline + 1;
+        let line = text[start..].trim_start_matches([' ', '\t']);
+        let word = line.split([' ', '\t', '{', '\r', '\n']).next().unwrap_or_default();
+        if ["cluster", "node", "service", "endpoints"].contains(&word) {
+            return start;
+        }
+    }
+    text.len()
+}
+
+impl BrokenItem {
+    fn of(text: &str) -> BrokenItem {
+        let line = text.find('{').map_or(text, |brace| &text[text[..brace].rfind('\n').map_or(0, |n| n + 1)..brace]);
+        let mut words = line.split_whitespace();
+        BrokenItem { keyword: words.next().unwrap_or_default().to_owned(), name: words.next().map(str::to_owned) }
+    }
+}
+
 /// Below this size a file is parsed whole: a part is then worth less than the
 /// thread that would parse it.
 const PARSE_IN_PARTS_ABOVE: usize = 256 * 1024;

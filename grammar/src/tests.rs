@@ -218,3 +218,44 @@ fn a_large_file_with_an_error_reports_what_the_whole_parse_does() {
     assert_eq!(Err(error.clone()), parse_whole(&both));
     assert!(error.span.start < 30, "{error:?}");
 }
+
+#[test]
+fn a_valid_file_recovers_to_its_parse() {
+    let text = "node n1 { address 10.0.0.1 }\n";
+    assert_eq!(parse_recovering(text), Ok(parse(text).unwrap()));
+}
+
+#[test]
+fn every_broken_item_reports_its_error_and_the_others_parse() {
+    let text = "node n1 { address 10.0.0.1 }\nservice a/b {\n    bogus 1\n}\nnode n2 { address 10.0.0.2 }\n\
+                service a/c { port 80/tcp; what }\nendpoints a/b { endpoint 10.1.0.1 }\n";
+    let recovered = parse_recovering(text).unwrap_err();
+    assert_eq!(recovered.errors[0], parse(text).unwrap_err(), "the first error is the whole parse's");
+    let starts: Vec<usize> = recovered.errors.iter().map(|e| e.span.start).collect();
+    assert_eq!(starts, [text.find("bogus").unwrap(), text.find("what").unwrap()]);
+    let kinds: Vec<&str> = recovered
+        .file
+        .items
+        .iter()
+        .map(|i| match &i.kind {
+            ItemKind::Node { name, .. } => name.text.as_str(),
+            ItemKind::Endpoints { .. } => "endpoints",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["n1", "n2", "endpoints"]);
+    assert_eq!(recovered.file.items[1].span.start, text.find("node n2").unwrap(), "items keep their place");
+    let broken: Vec<(&str, Option<&str>)> =
+        recovered.broken.iter().map(|b| (b.keyword.as_str(), b.name.as_deref())).collect();
+    assert_eq!(broken, [("service", Some("a/b")), ("service", Some("a/c"))]);
+}
+
+#[test]
+fn a_missing_brace_breaks_one_item_up_to_the_next_keyword_line() {
+    let text = "service x/y { port 80/tcp\nservice z/w { cluster-ip 10.0.0.1 }\n";
+    let recovered = parse_recovering(text).unwrap_err();
+    assert_eq!(recovered.errors, [parse(text).unwrap_err()]);
+    assert_eq!(recovered.broken, [BrokenItem { keyword: "service".into(), name: Some("x/y".into()) }]);
+    let [item] = recovered.file.items.as_slice() else { panic!("the second service parses") };
+    assert_eq!(item.span.start, text.find("service z/w").unwrap());
+}

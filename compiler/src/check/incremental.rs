@@ -51,8 +51,9 @@ impl Incremental {
         let parsed = parse(&mut self.files, files);
         let asts: Option<Vec<&File>> = parsed.iter().map(|p| p.as_ref().ok().copied()).collect();
         let Some(asts) = asts else {
-            // Syntax errors: reported as a full check reports them; `last` stays.
-            return check_linked(parsed.iter().map(|p| p.as_ref().map(|file| *file))).0;
+            // Syntax errors: a full check reads every item that parses, so that all
+            // errors are reported; `last` stays.
+            return super::check(files);
         };
         let items: Vec<(usize, &Item)> =
             asts.iter().enumerate().flat_map(|(file, ast)| ast.items.iter().map(move |item| (file, item))).collect();
