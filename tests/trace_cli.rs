@@ -134,3 +134,27 @@ fn diff_shows_the_rules_and_operations_of_a_change() {
     assert!(stdout.contains("add element ip svcnft endpoints-0 { 491520 : 10.244.2.7 . 8080 }"), "{stdout}");
     assert!(stdout.contains("add element ip svcnft hairpin { 10.244.2.7 . 10.244.2.7 }"), "{stdout}");
 }
+
+#[test]
+fn json_endpoints_are_sorted_as_strings() {
+    let dir = std::env::temp_dir().join(format!("svcnft-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let policy = dir.join("sorted.svc");
+    std::fs::write(
+        &policy,
+        "node n1 { address 10.0.0.1 }\nservice a/web { cluster-ip 10.96.0.1; port 80/tcp }\n\
+         endpoints a/web {\n    endpoint 10.1.0.9 node n1\n    endpoint 10.1.0.10 node n1\n    endpoint 10.1.0.100 node n1\n}\n",
+    )
+    .expect("write");
+    let path = policy.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) =
+        svcnft(&["trace", path, "--node", "n1", "--from", "10.1.0.50", "--to", "10.96.0.1:80", "--json"]);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("one JSON object");
+    let endpoints: Vec<&str> = v["endpoints"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    let mut sorted = endpoints.clone();
+    sorted.sort();
+    assert_eq!(endpoints, sorted);
+    assert_eq!(endpoints, ["10.1.0.100:80", "10.1.0.10:80", "10.1.0.9:80"]);
+}

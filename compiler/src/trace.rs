@@ -143,7 +143,8 @@ pub struct Trace {
     /// `dnat` when any path rewrites the destination; otherwise the paths' verdict
     /// (the strictest one should they ever disagree).
     pub verdict: TraceVerdict,
-    /// Every possible DNAT target, sorted.
+    /// Every possible DNAT target, sorted as the contract's strings sort
+    /// (`10.1.0.10:80` before `10.1.0.9:80`): what a reader of the JSON checks.
     pub endpoints: Vec<SocketAddr>,
     /// Masqueraded on some path.
     pub masquerade: bool,
@@ -657,14 +658,16 @@ fn merge(packet: &Packet, paths: Vec<TracePath>) -> Trace {
     } else {
         paths.iter().map(|p| p.verdict).max().unwrap_or(TraceVerdict::Pass)
     };
-    let endpoints: BTreeSet<SocketAddr> = paths.iter().filter_map(|p| p.endpoint).collect();
+    let mut endpoints: Vec<SocketAddr> =
+        paths.iter().filter_map(|p| p.endpoint).collect::<BTreeSet<_>>().into_iter().collect();
+    endpoints.sort_by_cached_key(SocketAddr::to_string);
     let first = paths.iter().find(|p| p.verdict == verdict);
     Trace {
         from: packet.from,
         to: packet.to,
         protocol: packet.protocol,
         verdict,
-        endpoints: endpoints.into_iter().collect(),
+        endpoints,
         masquerade: paths.iter().any(|p| p.masquerade),
         source_seen: first.and_then(|p| p.source_seen),
         path: first.map(|p| p.path.clone()).unwrap_or_default(),
