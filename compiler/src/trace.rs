@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::policy::{Family, Node, Protocol};
@@ -581,9 +582,12 @@ impl<'a> Interpreter<'a> {
         })
     }
 
-    /// An address of the node, or loopback: what `fib ... type local` reports.
+    /// An address of the node (its pod networks' gateways included), or
+    /// loopback: what `fib ... type local` reports.
     fn is_local(&self, addr: IpAddr) -> bool {
-        addr.is_loopback() || self.node.all_addresses().any(|a| a == addr)
+        addr.is_loopback()
+            || self.node.all_addresses().any(|a| a == addr)
+            || self.node.pod_cidrs.iter().any(|net| gateway(net) == addr)
     }
 
     fn field(&self, field: Field, state: &State) -> Value {
@@ -644,11 +648,16 @@ fn path_outcome(node: &Node, state: State, ending: Ending) -> TracePath {
 /// gateway of the pod network it lies in, else the node's primary address.
 fn address_toward(node: &Node, destination: IpAddr) -> IpAddr {
     let family = Family::of(destination);
-    let gateway = node.pod_cidrs.iter().find(|net| net.contains(&destination)).map(|net| match net.network() {
+    let gateway = node.pod_cidrs.iter().find(|net| net.contains(&destination)).map(gateway);
+    gateway.or_else(|| node.primary(family)).unwrap_or(destination)
+}
+
+/// The node's address on a pod network: its first address.
+fn gateway(net: &IpNet) -> IpAddr {
+    match net.network() {
         IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add(1))),
         IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a).wrapping_add(1))),
-    });
-    gateway.or_else(|| node.primary(family)).unwrap_or(destination)
+    }
 }
 
 fn merge(packet: &Packet, paths: Vec<TracePath>) -> Trace {

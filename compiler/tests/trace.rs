@@ -312,6 +312,8 @@ fn node_port_addresses() {
             ("node-1", OUTSIDE, "10.240.0.3:30080", "tcp", &format!("dnat {both} masq seen 10.240.0.3")),
             ("node-1", "10.240.0.3", "192.168.1.3:30080", "tcp", &format!("dnat {both} masq seen 10.240.0.3")),
             ("node-1", "10.240.0.3", "127.0.0.1:30080", "tcp", "pass"),
+            // The pod network's gateway is the node's own address too.
+            ("node-1", OUTSIDE, "10.244.1.1:30080", "tcp", &format!("dnat {both} masq seen 10.240.0.3")),
             ("node-1", OUTSIDE, "192.168.1.3:30082", "tcp", "reject"),
             ("node-1", OUTSIDE, "10.240.0.4:30080", "tcp", "pass"),
             (
