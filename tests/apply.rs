@@ -442,6 +442,35 @@ fn a_returning_client_refreshes_its_affinity_entry() {
     assert!(refreshed[0] > Duration::from_secs(99), "not refreshed: {refreshed:?} after {first:?}");
 }
 
+/// A base chain whose priority changes (as when an upgrade moves a check) is
+/// deleted and created again in the one batch, with its rules.
+#[test]
+fn a_base_chain_moved_to_another_priority_is_recreated() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let desired = compile(&example("source-ip-lab"), "node-1");
+    let mut earlier = desired.clone();
+    for table in &mut earlier.tables {
+        for chain in &mut table.chains {
+            if chain.name == "filter-input" {
+                let mut moved = (**chain).clone();
+                moved.hook.as_mut().expect("a base chain").priority = -110;
+                *chain = std::sync::Arc::new(moved);
+            }
+        }
+    }
+    assert_ne!(oracle(&earlier), oracle(&desired));
+    let ns = ns();
+    let mut applier = open(&ns);
+    applier.apply(earlier).unwrap();
+    let report = applier.apply(desired.clone()).unwrap();
+    assert!(report.operations > 0);
+    assert_eq!(listing(&ns), oracle(&desired));
+    applier.reread().unwrap();
+    assert!(applier.plan(&desired).is_empty(), "the kernel holds the new layout");
+}
+
 #[test]
 fn one_endpoint_change_is_a_handful_of_messages() {
     if !kernel_tests_enabled() {

@@ -1068,31 +1068,38 @@ fn base_chains(plan: &FamilyPlan, hairpin_partitions: usize) -> Vec<Chain> {
         Rule::new(vec![Match::MarkClear(mask)], vec![Statement::Verdict(Verdict::Return)]),
         Rule::new(vec![], vec![Statement::MarkXor(mask), Statement::Masquerade]),
     ]);
+    // Source ranges before DNAT (dstnat - 10); drops and rejects at filter
+    // priority, after DNAT, as kube-proxy's layout has them since 1.33: the
+    // node's own traffic that an eTP-local chain short-circuits to remote
+    // endpoints must not meet the "no local endpoint" drop of its external IP.
     vec![
-        base("filter-prerouting", ChainKind::Filter, Hook::Prerouting, -110, vec![new_then_jump(FIREWALL_CHECK)]),
+        base(
+            "filter-prerouting-pre-dnat",
+            ChainKind::Filter,
+            Hook::Prerouting,
+            -110,
+            vec![new_then_jump(FIREWALL_CHECK)],
+        ),
+        base("filter-output-pre-dnat", ChainKind::Filter, Hook::Output, -110, vec![new_then_jump(FIREWALL_CHECK)]),
         base(
             "filter-input",
             ChainKind::Filter,
             Hook::Input,
-            -110,
+            0,
             vec![new_then_jump(NODEPORT_ENDPOINTS_CHECK), new_then_jump(SERVICE_ENDPOINTS_CHECK)],
         ),
         base(
             "filter-forward",
             ChainKind::Filter,
             Hook::Forward,
-            -110,
+            0,
             vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(CLUSTER_IPS_CHECK)],
         ),
-        base("filter-output", ChainKind::Filter, Hook::Output, -110, vec![new_then_jump(FIREWALL_CHECK)]),
-        // After DNAT, as in forward: the node's own traffic that an eTP-local chain
-        // short-circuits to remote endpoints must not meet the "no local endpoint"
-        // drop of its external IP.
         base(
-            "filter-output-post-dnat",
+            "filter-output",
             ChainKind::Filter,
             Hook::Output,
-            -90,
+            0,
             vec![new_then_jump(SERVICE_ENDPOINTS_CHECK), new_then_jump(CLUSTER_IPS_CHECK)],
         ),
         base("nat-prerouting", ChainKind::Nat, Hook::Prerouting, -100, vec![Rule::new(vec![], vec![jump(SERVICES)])]),
