@@ -5,9 +5,11 @@
 //!
 //! As kube-proxy's `CleanStaleEntries`: a UDP flow to a service's address and
 //! port, or to its node port on any address, is stale unless it is answered by
-//! one of the service's serving endpoints, on any node.
+//! one of the service's serving endpoints, on any node. A service without any
+//! keeps its flows (its new ones are refused anyway), and the flows of a
+//! service or port that is gone are left to time out, as kube-proxy leaves them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -24,9 +26,9 @@ pub struct UdpService {
     pub destinations: Vec<SocketAddr>,
     /// Any address of the node on this port.
     pub node_port: Option<u16>,
-    /// The addresses of the serving endpoints: a flow answered by any other
-    /// address (a removed endpoint, or the destination itself when the flow was
-    /// never DNATed) is stale.
+    /// The addresses of the serving endpoints, sorted and never empty: a flow
+    /// answered by any other address (a removed endpoint, or the destination
+    /// itself when the flow was never DNATed) is stale.
     pub serving: Vec<IpAddr>,
 }
 
@@ -40,20 +42,21 @@ impl UdpService {
         }
     }
 
-    fn is_stale(&self, flow: &Flow) -> bool {
-        flow.original.protocol == libc::IPPROTO_UDP as u8
-            && (self.destinations.contains(&flow.original.destination)
-                || self.node_port == Some(flow.original.destination.port()))
-            && !self.serving.contains(&flow.reply.source.ip())
+    fn answers(&self, flow: &Flow) -> bool {
+        self.serving.binary_search(&flow.reply.source.ip()).is_ok()
     }
 }
 
-/// The UDP service ports of `new` whose flows may have gone stale: every one
-/// after a start (`old` is `None`: flows outlive the agent), else those whose
-/// plan changed. A port plan both plans share is unchanged.
+/// The UDP service ports of `new` with serving endpoints whose flows may have
+/// gone stale: every one after a start (`old` is `None`: flows outlive the
+/// agent), else those whose plan changed. A port plan both plans share is
+/// unchanged.
 pub fn udp_services_to_clean(old: Option<&NodePlan>, new: &NodePlan) -> Vec<UdpService> {
     let shared: HashSet<*const PortPlan> = old.map_or_else(HashSet::new, |old| udp(old).map(Arc::as_ptr).collect());
-    udp(new).filter(|p| !shared.contains(&Arc::as_ptr(p))).map(|p| UdpService::of(p)).collect()
+    udp(new)
+        .filter(|p| !shared.contains(&Arc::as_ptr(p)) && !p.serving_endpoint_addresses.is_empty())
+        .map(|p| UdpService::of(p))
+        .collect()
 }
 
 /// The UDP ports of a plan.
@@ -61,16 +64,28 @@ fn udp(plan: &NodePlan) -> impl Iterator<Item = &Arc<PortPlan>> {
     plan.families.iter().flat_map(|f| &f.ports).filter(|p| p.id.protocol == Protocol::Udp)
 }
 
-/// Deletes the stale flows of `services`; returns how many.
+/// Deletes the stale flows of `services`; returns how many. Each flow is looked
+/// up by its destination, then by its port, so the pass grows with the flows,
+/// not with flows × services (a node joining re-plans every service).
 pub fn remove_flows(services: &[UdpService]) -> Result<usize, nl::Error> {
     if services.is_empty() {
         return Ok(0);
     }
+    let by_destination: HashMap<SocketAddr, &UdpService> =
+        services.iter().flat_map(|s| s.destinations.iter().map(move |d| (*d, s))).collect();
+    let by_node_port: HashMap<u16, &UdpService> = services.iter().filter_map(|s| Some((s.node_port?, s))).collect();
+    let service_of = |flow: &Flow| {
+        let destination = flow.original.destination;
+        by_destination.get(&destination).or_else(|| by_node_port.get(&destination.port())).copied()
+    };
     let mut conntrack = Conntrack::open()?;
     let mut removed = 0;
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for flow in conntrack.flows(family)? {
-            if services.iter().any(|s| s.is_stale(&flow)) {
+            if flow.original.protocol != libc::IPPROTO_UDP as u8 {
+                continue;
+            }
+            if service_of(&flow).is_some_and(|s| !s.answers(&flow)) {
                 conntrack.delete(&flow)?;
                 removed += 1;
             }
@@ -128,6 +143,13 @@ endpoints kube-system/dns {
         let changed = udp_services_to_clean(Some(&old), &new);
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].serving, ["10.244.1.2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_service_without_serving_endpoints_keeps_its_flows() {
+        let not_ready = "endpoint 10.244.1.2 node node-1 not-ready";
+        let none = plan(&POLICY.replace("endpoint 10.244.1.2 node node-1", not_ready).replace("ENDPOINT", ""));
+        assert!(udp_services_to_clean(None, &none).is_empty());
     }
 
     #[test]
