@@ -214,23 +214,31 @@ pub struct BrokenItem {
     pub name: Option<String>,
 }
 
-/// Parses one file, and when it has syntax errors, every item that the byte scan
-/// of [`incremental`] finds alone, so that each broken item reports its own
-/// error and the others can still be checked. Where the scan finds no item
-/// (as after a missing `}`), the rest of the file gives one error.
+/// Parses one file, and when it has syntax errors, reads it on with [`recover`].
 pub fn parse_recovering(text: &str) -> Result<File, Recovered> {
-    let first = match parse(text) {
-        Ok(file) => return Ok(file),
-        Err(e) => e,
-    };
+    parse(text).map_err(|first| recover(text, first))
+}
+
+/// The items of `text`, which does not parse (`first` is what [`parse`]
+/// reported), as far as they go: every item the byte scan of [`incremental`]
+/// finds is parsed alone, so that each broken one reports its own error and
+/// the others can still be checked. Where the scan finds no item (a missing or
+/// stray brace), pest's error reading on from there is reported, and the text
+/// up to the next line that starts with an item's keyword is spoiled.
+pub fn recover(text: &str, first: SyntaxError) -> Recovered {
     let bytes = text.as_bytes();
     let mut out = Recovered::default();
     let mut at = incremental::skip_gap(bytes, 0);
     while at < bytes.len() {
-        // An item the scan does not find (a missing or stray brace) runs to the
-        // next line that starts with an item's keyword.
-        let end = incremental::item_at(bytes, at).map_or_else(|| next_item_line(text, at), |s| s.end);
-        match parse_whole(&text[at..end]) {
+        let (end, parsed) = match incremental::item_at(bytes, at) {
+            Some(item) => (item.end, parse_whole(&text[at..item.end])),
+            // (Should the rest parse after all, it is all taken.)
+            None => match parse_whole(&text[at..]) {
+                Ok(rest) => (bytes.len(), Ok(rest)),
+                Err(e) => (next_item_line(text, at), Err(e)),
+            },
+        };
+        match parsed {
             Ok(File { items }) => out.file.items.extend(items.into_iter().map(|mut item| {
                 item.span = Span::new(item.span.start + at, item.span.end + at);
                 item
@@ -247,29 +255,41 @@ pub fn parse_recovering(text: &str) -> Result<File, Recovered> {
         Some(e) if e.span.start == first.span.start => *e = first,
         _ => out.errors.insert(0, first),
     }
-    Err(out)
+    out
 }
 
-/// The start of the first line after the one holding `at` whose first word is
-/// an item's keyword, or the end of `text`.
+const ITEM_KEYWORDS: [&str; 4] = ["cluster", "node", "service", "endpoints"];
+
+/// Where the keyword is on the first line after the one holding `at` that
+/// starts with an item's keyword, or the end of `text`.
 fn next_item_line(text: &str, at: usize) -> usize {
     let mut start = at;
-    while let Some(newline) = text[start..].find('\n') {
-        start += newline + 1;
-        let line = text[start..].trim_start_matches([' ', '\t']);
-        let word = line.split([' ', '\t', '{', '\r', '\n']).next().unwrap_or_default();
-        if ["cluster", "node", "service", "endpoints"].contains(&word) {
-            return start;
+    while let Some(line_break) = text[start..].find(['\n', '\r']) {
+        start += line_break + 1;
+        let indent = text[start..].len() - text[start..].trim_start_matches([' ', '\t']).len();
+        let word = text[start + indent..].split([' ', '\t', '{', '\r', '\n']).next().unwrap_or_default();
+        if ITEM_KEYWORDS.contains(&word) {
+            return start + indent;
         }
     }
     text.len()
 }
 
 impl BrokenItem {
+    /// From an item's text: its first two words, or, when something else comes
+    /// before the keyword, those of the line of its `{`.
     fn of(text: &str) -> BrokenItem {
-        let line = text.find('{').map_or(text, |brace| &text[text[..brace].rfind('\n').map_or(0, |n| n + 1)..brace]);
-        let mut words = line.split_whitespace();
-        BrokenItem { keyword: words.next().unwrap_or_default().to_owned(), name: words.next().map(str::to_owned) }
+        let head = |line: &str| {
+            let mut words = line.split(|c: char| c.is_whitespace() || c == '{').filter(|w| !w.is_empty());
+            let keyword = words.next().unwrap_or_default().to_owned();
+            BrokenItem { name: words.next().map(str::to_owned), keyword }
+        };
+        let first = head(text);
+        if ITEM_KEYWORDS.contains(&first.keyword.as_str()) {
+            return first;
+        }
+        let brace = text.find('{').unwrap_or(text.len());
+        head(&text[text[..brace].rfind(['\n', '\r']).map_or(0, |n| n + 1)..brace])
     }
 }
 
@@ -277,23 +297,37 @@ impl BrokenItem {
 /// thread that would parse it.
 const PARSE_IN_PARTS_ABOVE: usize = 256 * 1024;
 
-/// The items of `text`, parsed in one part per core, or `None` when `text` is
-/// small, does not split into items, or a part does not parse.
+/// The items of `text`, parsed in parts of at least [`PARSE_IN_PARTS_ABOVE`]
+/// bytes, one per core, or `None` when `text` is small, does not split into
+/// items, or a part does not parse.
 fn in_parts(text: &str) -> Option<File> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if text.len() <= PARSE_IN_PARTS_ABOVE || threads < 2 {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if text.len() <= PARSE_IN_PARTS_ABOVE {
+        return None;
+    }
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cores.min(text.len() / PARSE_IN_PARTS_ABOVE);
+    if threads < 2 {
         return None;
     }
     let spans = incremental::item_spans(text.as_bytes())?;
     let per_part = spans.len().div_ceil(threads).max(1);
     let parts: Vec<Option<Vec<Item>>> = std::thread::scope(|s| {
         // The calling thread takes the last part: one thread fewer to start,
-        // and one allocator arena fewer left holding what pest freed.
+        // and one allocator arena fewer left holding what pest freed. A part
+        // whose thread cannot start is parsed here too.
         let mut chunks: Vec<&[Span]> = spans.chunks(per_part).collect();
         let last = chunks.pop()?;
-        let handles: Vec<_> = chunks.into_iter().map(|part| s.spawn(move || parse_part(text, part))).collect();
+        let started: Vec<_> = chunks
+            .into_iter()
+            .map(|part| std::thread::Builder::new().spawn_scoped(s, move || parse_part(text, part)).map_err(|_| part))
+            .collect();
         let last = parse_part(text, last);
-        Some(handles.into_iter().map(|h| h.join().ok().flatten()).chain([last]).collect())
+        let joined = started.into_iter().map(|part| match part {
+            Ok(handle) => handle.join().ok().flatten(),
+            Err(part) => parse_part(text, part),
+        });
+        Some(joined.chain([last]).collect())
     })?;
     let mut items = Vec::with_capacity(spans.len());
     for part in parts {

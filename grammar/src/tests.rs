@@ -175,11 +175,11 @@ fn unknown_statement_lists_the_statements_of_its_block() {
     );
 }
 
-/// A file of about 300 KiB: items of every kind between blanks, separators,
+/// A file of about 600 KiB (two parts' worth): items of every kind between blanks, separators,
 /// comments and all three line ends.
 fn large_file() -> String {
     let mut text = String::from("# a large policy\r\ncluster { service-cidr 10.96.0.0/12 }\n");
-    for i in 0..1500 {
+    for i in 0..3000 {
         text.push_str(&format!(
             "node n{i} {{ address 10.0.{}.{}; pod-cidr 10.1.0.0/24 }} ; # node {i}\r\
              service default/s{i} {{\n    cluster-ip 10.96.{}.{}\n    port 80/tcp # web\n}}\r\n\n\
@@ -191,7 +191,7 @@ fn large_file() -> String {
             i % 250 + 1,
         ));
     }
-    assert!(text.len() > PARSE_IN_PARTS_ABOVE);
+    assert!(text.len() > 2 * PARSE_IN_PARTS_ABOVE);
     text
 }
 
@@ -199,7 +199,7 @@ fn large_file() -> String {
 fn a_large_file_parses_in_parts_to_what_it_parses_whole() {
     let text = large_file();
     let whole = parse_whole(&text).unwrap();
-    assert_eq!(whole.items.len(), 4501);
+    assert_eq!(whole.items.len(), 9001);
     if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         assert_eq!(in_parts(&text).expect("the file splits into items"), whole);
     }
@@ -258,4 +258,23 @@ fn a_missing_brace_breaks_one_item_up_to_the_next_keyword_line() {
     assert_eq!(recovered.broken, [BrokenItem { keyword: "service".into(), name: Some("x/y".into()) }]);
     let [item] = recovered.file.items.as_slice() else { panic!("the second service parses") };
     assert_eq!(item.span.start, text.find("service z/w").unwrap());
+}
+
+#[test]
+fn a_brace_on_the_next_line_still_names_the_broken_item() {
+    let text = "service a/b\n{\n    port 80/tcp\n}\nendpoints a/b { endpoint 10.0.0.1 }\n";
+    let recovered = parse_recovering(text).unwrap_err();
+    assert_eq!(recovered.errors, [parse(text).unwrap_err()]);
+    assert_eq!(recovered.broken, [BrokenItem { keyword: "service".into(), name: Some("a/b".into()) }]);
+    assert_eq!(recovered.file.items.len(), 1, "the endpoints block parses");
+}
+
+#[test]
+fn an_indented_item_after_a_missing_brace_gives_one_error_in_any_line_ending() {
+    for line_end in ["\n", "\r\n", "\r"] {
+        let text = ["service a/b {", "  port 80/tcp", "  service c/d { cluster-ip 10.0.0.1 }", ""].join(line_end);
+        let recovered = parse_recovering(&text).unwrap_err();
+        assert_eq!(recovered.errors, [parse(&text).unwrap_err()], "{line_end:?}");
+        assert_eq!(recovered.file.items.len(), 1, "{line_end:?}: the second service parses");
+    }
 }

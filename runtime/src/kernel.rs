@@ -360,9 +360,14 @@ fn decode_chains(family: Family, chains: &[nl::Chain], rules: &[nl::Rule]) -> (V
     };
     let (first, second) = of_chains.split_at(of_chains.len() / 2);
     let (first, second) = std::thread::scope(|s| {
-        let first = s.spawn(|| decode(first));
+        // Should no thread start, this one decodes both halves.
+        let started = std::thread::Builder::new().spawn_scoped(s, || decode(first));
         let second = decode(second);
-        (first.join().expect("decoding rules panicked"), second)
+        let first = match started {
+            Ok(handle) => handle.join().expect("decoding rules panicked"),
+            Err(_) => decode(first),
+        };
+        (first, second)
     });
     first.into_iter().chain(second).unzip()
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use svcnft_grammar::incremental::{reparse, Parsed};
-use svcnft_grammar::{File, Item, ItemKind, SyntaxError};
+use svcnft_grammar::{recover, File, Item, ItemKind, Recovered, SyntaxError};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{check_linked, warn_unresolved_targets, Checked, Checker, Links, Origin};
@@ -51,9 +51,14 @@ impl Incremental {
         let parsed = parse(&mut self.files, files);
         let asts: Option<Vec<&File>> = parsed.iter().map(|p| p.as_ref().ok().copied()).collect();
         let Some(asts) = asts else {
-            // Syntax errors: a full check reads every item that parses, so that all
-            // errors are reported; `last` stays.
-            return super::check(files);
+            // Syntax errors: the files that parse keep their parse, the others are
+            // read on item by item, so that every error is reported; `last` stays.
+            let recovered: Vec<Result<&File, Recovered>> = parsed
+                .into_iter()
+                .zip(files)
+                .map(|(parse, file)| parse.map_err(|first| recover(&file.text, first)))
+                .collect();
+            return check_linked(recovered.iter().map(|r| r.as_ref().map(|file| *file))).0;
         };
         let items: Vec<(usize, &Item)> =
             asts.iter().enumerate().flat_map(|(file, ast)| ast.items.iter().map(move |item| (file, item))).collect();
