@@ -200,13 +200,13 @@ pub struct Recovered {
     pub file: File,
     /// In file order; the first is the one [`parse`] reports.
     pub errors: Vec<SyntaxError>,
-    /// The items that did not parse, as far as their first line tells.
+    /// The items that did not parse, as far as their first words tell.
     pub broken: Vec<BrokenItem>,
 }
 
-/// What an item that does not parse declared, read from the line of its `{`
-/// (where the language puts an item's keyword and name), so that a checker
-/// can tell a name that is missing from one whose declaration is broken.
+/// What an item that does not parse declared, read from its first two words
+/// (the language's keyword and name), so that a checker can tell a name that is
+/// missing from one whose declaration is broken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokenItem {
     pub keyword: String,
