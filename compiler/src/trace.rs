@@ -667,9 +667,9 @@ fn merge(packet: &Packet, paths: Vec<TracePath>) -> Trace {
     } else {
         paths.iter().map(|p| p.verdict).max().unwrap_or(TraceVerdict::Pass)
     };
-    let mut endpoints: Vec<SocketAddr> =
-        paths.iter().filter_map(|p| p.endpoint).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut endpoints: Vec<SocketAddr> = paths.iter().filter_map(|p| p.endpoint).collect();
     endpoints.sort_by_cached_key(SocketAddr::to_string);
+    endpoints.dedup();
     let first = paths.iter().find(|p| p.verdict == verdict);
     Trace {
         from: packet.from,
